@@ -1,0 +1,41 @@
+"""The registry of counters: what each one is, its unit, and which direction is better.
+
+Every number the harness reports is one of these. `scope` says what one sample is:
+one runner process (a load of the model), one request, or one gap between tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    better: Literal["lower", "higher"]
+    scope: Literal["process", "request", "token"]
+    description: str
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("load_ms", "ms", "lower", "process", "runner start of model load to model ready"),
+        Metric("ttft_ms", "ms", "lower", "request", "request start to first generated token (prefill + first token)"),
+        Metric("prefill_tokens_per_s", "tokens/s", "higher", "request", "prompt tokens / time to first token"),
+        Metric("decode_tokens_per_s", "tokens/s", "higher", "request", "tokens after the first / time after the first token"),
+        Metric("itl_ms", "ms", "lower", "token", "gap between consecutive generated tokens"),
+        Metric("e2e_ms", "ms", "lower", "request", "request start to last token, detokenized"),
+        Metric("peak_rss_bytes", "bytes", "lower", "process", "peak resident set (VmHWM) of the runner process"),
+        Metric("weights_bytes", "bytes", "lower", "process", "bytes of weight tensors the engine holds"),
+        Metric("kv_cache_bytes", "bytes", "lower", "process", "bytes of KV cache tensors the engine allocated"),
+        Metric("exact_match", "ratio", "higher", "request", "normalized output equals the prompt's reference answer"),
+        Metric("agreement_with_baseline", "ratio", "higher", "request", "share of greedy tokens identical to the baseline variant's, by position"),
+    )
+}
+
+
+def metric(name: str) -> Metric:
+    return METRICS[name]
