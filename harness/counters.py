@@ -1,0 +1,65 @@
+"""Counters: turn runner events into raw samples of the metrics in `harness.metrics`.
+
+The runner reports only what it observed (timestamps, token ids, byte counts); every
+derived number is computed here, the same way for every target.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+from harness.store import Sample
+
+
+def load_samples(event: dict, repetition: int) -> list[Sample]:
+    """From a runner's "loaded" event: one sample each per process."""
+    return [
+        Sample(name, float(event[key]), repetition, None)
+        for name, key in (("load_ms", "load_ms"), ("weights_bytes", "weights_bytes"), ("kv_cache_bytes", "kv_cache_bytes"))
+    ]
+
+
+def process_samples(event: dict, repetition: int) -> list[Sample]:
+    """From the target's "process" event, measured outside the runner."""
+    return [Sample("peak_rss_bytes", float(event["peak_rss_bytes"]), repetition, None)]
+
+
+def request_samples(event: dict, repetition: int, reference: str | list[str] | None,
+                    baseline_tokens: list[int] | None) -> list[Sample]:
+    """From one "sample" event: latency counters, plus accuracy where a reference exists."""
+    times = event["token_times_s"]
+    prompt_id = event["prompt_id"]
+    samples = [Sample("e2e_ms", event["e2e_s"] * 1e3, repetition, prompt_id)]
+    if times:
+        ttft = times[0]
+        samples.append(Sample("ttft_ms", ttft * 1e3, repetition, prompt_id))
+        samples.append(Sample("prefill_tokens_per_s", event["prompt_tokens"] / ttft, repetition, prompt_id))
+    if len(times) >= 2:
+        samples.append(Sample("decode_tokens_per_s", (len(times) - 1) / (times[-1] - times[0]), repetition, prompt_id))
+        samples += [Sample("itl_ms", (b - a) * 1e3, repetition, prompt_id) for a, b in zip(times, times[1:])]
+    if reference is not None:
+        samples.append(Sample("exact_match", exact_match(event["text"], reference), repetition, prompt_id))
+    if baseline_tokens is not None:
+        samples.append(Sample("agreement_with_baseline", agreement(event["token_ids"], baseline_tokens),
+                              repetition, prompt_id))
+    return samples
+
+
+def agreement(tokens: list[int], baseline: list[int]) -> float:
+    """Share of positions holding the same token, over the longer of the two sequences."""
+    longest = max(len(tokens), len(baseline))
+    if longest == 0:
+        return 1.0
+    return sum(a == b for a, b in zip(tokens, baseline)) / longest
+
+
+def normalize(text: str) -> str:
+    """Lower case, single spaces, no surrounding punctuation: 'Paris.' == 'paris'."""
+    return re.sub(r"\s+", " ", text).strip().strip(string.punctuation + " ").lower()
+
+
+def exact_match(text: str, reference: str | list[str]) -> float:
+    """1.0 when the normalized output equals the (or one of the) accepted answers."""
+    accepted = [reference] if isinstance(reference, str) else reference
+    return float(normalize(text) in {normalize(answer) for answer in accepted})

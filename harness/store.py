@@ -1,0 +1,200 @@
+"""The results store: SQLite, one file, each sample committed the moment it is measured.
+
+A run holds one result per (variant, target); a result holds raw samples and outputs.
+Nothing is aggregated here: statistics are derived when results are read.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DB = Path("reports/results.sqlite")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    scenario TEXT NOT NULL,
+    scenario_path TEXT NOT NULL,
+    scenario_sha256 TEXT NOT NULL,
+    scenario_yaml TEXT NOT NULL,
+    harness_version TEXT NOT NULL,
+    git_commit TEXT,
+    environment TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (run_id, variant_key, target_key)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    repetition INTEGER NOT NULL,
+    prompt_id TEXT,
+    warmup INTEGER NOT NULL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_result ON samples (run_id, variant_key, target_key, metric);
+CREATE TABLE IF NOT EXISTS outputs (
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    repetition INTEGER NOT NULL,
+    prompt_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    token_ids TEXT NOT NULL,
+    PRIMARY KEY (run_id, variant_key, target_key, repetition, prompt_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    scenario: str
+    scenario_path: str
+    scenario_sha256: str
+    scenario_yaml: str
+    harness_version: str
+    git_commit: str | None
+    environment: dict
+    started_at: float
+    ended_at: float | None
+    status: str
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    variant_key: str
+    target_key: str
+    variant: dict
+    target: dict
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    metric: str
+    value: float
+    repetition: int
+    prompt_id: str | None
+
+
+class Store:
+    def __init__(self, path: Path = DEFAULT_DB) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # Autocommit: every write below is durable when the call returns.
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ---------------------------------------------------------------------
+    def begin_run(self, scenario: str, scenario_path: str, sha256: str, yaml_text: str,
+                  harness_version: str, git_commit: str | None, environment: dict) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self._db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,NULL,'running')",
+            (run_id, scenario, scenario_path, sha256, yaml_text, harness_version, git_commit,
+             json.dumps(environment), time.time()),
+        )
+        return run_id
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self._db.execute("UPDATE runs SET ended_at=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+
+    def add_result(self, run_id: str, variant_key: str, target_key: str, variant: dict, target: dict) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,'ok',NULL)",
+            (run_id, variant_key, target_key, json.dumps(variant), json.dumps(target)),
+        )
+
+    def fail_result(self, run_id: str, variant_key: str, target_key: str, error: str) -> None:
+        self._db.execute(
+            "UPDATE results SET status='failed', error=? WHERE run_id=? AND variant_key=? AND target_key=?",
+            (error, run_id, variant_key, target_key),
+        )
+
+    def add_samples(self, run_id: str, variant_key: str, target_key: str, samples: list[Sample], warmup: bool = False) -> None:
+        now = time.time()
+        with self._db:  # one transaction: all samples of one measurement, or none
+            self._db.executemany(
+                "INSERT INTO samples (run_id, variant_key, target_key, metric, value, repetition, prompt_id, warmup, recorded_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                [(run_id, variant_key, target_key, s.metric, s.value, s.repetition, s.prompt_id, int(warmup), now)
+                 for s in samples],
+            )
+
+    def add_output(self, run_id: str, variant_key: str, target_key: str, repetition: int,
+                   prompt_id: str, text: str, token_ids: list[int]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?)",
+            (run_id, variant_key, target_key, repetition, prompt_id, text, json.dumps(token_ids)),
+        )
+
+    # -- reading ---------------------------------------------------------------------
+    def runs(self, scenario: str | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs"
+        args: tuple = ()
+        if scenario is not None:
+            query, args = query + " WHERE scenario=?", (scenario,)
+        return [self._run(row) for row in self._db.execute(query + " ORDER BY started_at", args)]
+
+    def run(self, run_id: str | None = None) -> RunRecord | None:
+        """The run with this id, or the latest run when no id is given."""
+        if run_id is None:
+            row = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        else:
+            row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return self._run(row) if row else None
+
+    def results(self, run_id: str) -> list[ResultRecord]:
+        rows = self._db.execute(
+            "SELECT variant_key, target_key, variant, target, status, error FROM results WHERE run_id=? ORDER BY rowid",
+            (run_id,),
+        )
+        return [ResultRecord(v, t, json.loads(vj), json.loads(tj), s, e) for v, t, vj, tj, s, e in rows]
+
+    def samples(self, run_id: str, variant_key: str, target_key: str) -> list[Sample]:
+        """Measured samples, warm-ups excluded, in the order they were recorded."""
+        rows = self._db.execute(
+            "SELECT metric, value, repetition, prompt_id FROM samples"
+            " WHERE run_id=? AND variant_key=? AND target_key=? AND warmup=0 ORDER BY id",
+            (run_id, variant_key, target_key),
+        )
+        return [Sample(*row) for row in rows]
+
+    def outputs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT repetition, prompt_id, text, token_ids FROM outputs"
+            " WHERE run_id=? AND variant_key=? AND target_key=? ORDER BY repetition, rowid",
+            (run_id, variant_key, target_key),
+        )
+        return [{"repetition": r, "prompt_id": p, "text": t, "token_ids": json.loads(ids)} for r, p, t, ids in rows]
+
+    @staticmethod
+    def _run(row: tuple) -> RunRecord:
+        values = list(row)
+        values[7] = json.loads(values[7])
+        return RunRecord(*values)
