@@ -1,0 +1,96 @@
+"""pytest plugin: `pytest scenarios/` collects scenario files, one item per variant x target.
+
+The first item of a file runs the whole scenario (repetitions interleaved across its
+variants, stored like `harness run`); every item then checks its variant's status and
+budgets. A missed budget fails with the variant, the measured value and the limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.budgets import Verdict, evaluate, variant_of
+from harness.errors import HarnessError
+from harness.orchestrator import resolve_targets, run_scenario
+from harness.results import build_results
+from harness.scenario import Scenario, Variant, load_scenario
+from harness.store import DEFAULT_DB, Store
+from harness.targets import Target, TargetInfo
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "hil-harness scenarios")
+    group.addoption("--harness-db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
+    group.addoption("--harness-target", action="append", help="run scenarios on this target instead (repeatable)")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.parent.name == "scenarios":
+        return ScenarioCollector.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFailure(Exception):
+    """A variant failed or missed a budget; its message is the whole report."""
+
+
+class ScenarioCollector(pytest.File):
+    scenario: Scenario
+    targets: list[Target]
+    _document: dict | None = None
+
+    def collect(self):
+        self.scenario = load_scenario(self.path)
+        self.targets = resolve_targets(self.scenario, self.config.getoption("harness_target"))
+        for target in self.targets:
+            for variant in self.scenario.variants:
+                yield VariantItem.from_parent(self, name=f"{variant.key}@{target.info.key}",
+                                              variant=variant, target_key=target.info.key)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, HarnessError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def results(self) -> tuple[dict, list[Verdict]]:
+        """Run the scenario once, on first use; the same results serve every item."""
+        if self._document is None:
+            store = Store(self.config.getoption("harness_db"))
+            run_id = run_scenario(self.scenario, self.targets, store)
+            self._document = build_results(store, run_id)
+            store.close()
+        return self._document, evaluate(self._document)
+
+
+class VariantItem(pytest.Item):
+    def __init__(self, *, variant: Variant, target_key: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.target_key = target_key
+
+    def runtest(self) -> None:
+        document, verdicts = self.parent.results()
+        self.user_properties.append(("run_id", document["run_id"]))
+        result = next(r for r in document["results"] if _keys(r) == (self.variant.key, self.target_key))
+        if result["status"] != "ok":
+            raise ScenarioFailure(f"{self.variant.key} on {self.target_key} failed: {result['error']}")
+        mine = [v for v in verdicts if (v.variant, v.target) == (self.variant.key, self.target_key)]
+        for verdict in mine:
+            self.user_properties.append(("budget", verdict.text))
+        missed = [v.text for v in mine if not v.passed]
+        if missed:
+            raise ScenarioFailure("budget missed:\n  " + "\n  ".join(missed))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ScenarioFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.parent.scenario.name}: {self.name}"
+
+
+def _keys(result: dict) -> tuple[str, str]:
+    return variant_of(result).key, TargetInfo(**result["target"]).key
