@@ -24,7 +24,12 @@ from harness.scenario import load_scenario
 from harness.store import DEFAULT_DB, Store
 from harness.targets import TargetInfo
 
-console = Console(stderr=True, width=max(Console(stderr=True).width, 120))
+def _wide(stderr: bool) -> Console:
+    """A console at least 120 columns wide, so piped output is not cut to 80."""
+    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+
+
+console = _wide(stderr=True)
 
 # (metric, column heading) of the summary table printed after a run
 SUMMARY_METRICS = (("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("e2e_ms", "e2e ms"),
@@ -80,11 +85,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    table = Table("run id", "scenario", "started", "status", "commit")
+    table = Table("scenario", "started", "status", "commit")
+    table.add_column("run id", no_wrap=True)
     for run in store.runs():
         started = datetime.fromtimestamp(run.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(run.run_id, run.scenario, started, run.status, (run.git_commit or "")[:12])
-    Console().print(table)
+        table.add_row(run.scenario, started, run.status, (run.git_commit or "")[:12], run.run_id)
+    _wide(stderr=False).print(table)
     return 0
 
 

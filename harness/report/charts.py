@@ -39,7 +39,7 @@ def latency_distribution(results: list[dict], metric: str = "e2e_ms") -> str | N
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, _height(len(rows))))
-    ax.boxplot([r["metrics"][metric]["samples"] for r in rows], vert=False,
+    ax.boxplot([r["metrics"][metric]["samples"] for r in rows], orientation="horizontal",
                tick_labels=[_label(r) for r in rows], showfliers=True)
     ax.set_xlabel(f"{metric} (per request, warm-up excluded)")
     ax.invert_yaxis()

@@ -1,0 +1,63 @@
+"""`harness run scenarios/smoke.yaml` for real: every counter, the documented JSON, the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import harness
+from harness.metrics import METRICS
+
+SUMMARY_KEYS = {"unit", "median", "mean", "stdev", "ci95", "n", "samples"}
+
+
+def test_smoke_run_exits_0(smoke_run) -> None:
+    assert smoke_run.process.returncode == 0, smoke_run.process.stderr[-2000:]
+
+
+def test_json_has_the_documented_names(smoke_run) -> None:
+    doc = smoke_run.document
+    assert {"run_id", "scenario", "started_at", "environment", "results"} <= doc.keys()
+    assert doc["environment"]["git_commit"] is None or len(doc["environment"]["git_commit"]) >= 40
+    assert len(doc["results"]) == 2
+    for result in doc["results"]:
+        assert result["status"] == "ok"
+        assert set(result["variant"]) == {"precision", "streams", "decoding", "adapters"}
+        assert set(result["target"]) == {"kind", "name", "serial", "model", "soc", "emulated"}
+        assert result["target"]["kind"] == "local" and result["target"]["emulated"] is False
+        assert {o["prompt_id"] for o in result["outputs"]} == {"capital-france", "continue-raw"}
+        assert all(o["text"] and o["token_ids"] for o in result["outputs"])
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_every_counter_has_at_least_3_samples(smoke_run, name: str) -> None:
+    for result in smoke_run.document["results"]:
+        metric = result["metrics"][name]
+        assert SUMMARY_KEYS <= metric.keys()
+        assert metric["n"] == len(metric["samples"]) >= 3
+        assert metric["unit"] == METRICS[name].unit
+        lo, hi = metric["ci95"]
+        assert min(metric["samples"]) <= lo <= metric["median"] <= hi <= max(metric["samples"])
+
+
+def test_measurements_are_plausible(smoke_run) -> None:
+    fp32, fp16 = (r["metrics"] for r in smoke_run.document["results"])
+    assert fp16["weights_bytes"]["median"] == pytest.approx(fp32["weights_bytes"]["median"] / 2, rel=0.01)
+    for m in (fp32, fp16):
+        assert m["peak_rss_bytes"]["median"] > m["weights_bytes"]["median"] + m["kv_cache_bytes"]["median"]
+        assert m["e2e_ms"]["median"] > m["ttft_ms"]["median"] > 0
+        assert m["agreement_with_baseline"]["median"] > 0.9
+        assert m["exact_match"]["mean"] == 1.0  # "Paris" for the capital of France
+    assert fp32["agreement_with_baseline"]["samples"] == [1.0] * 6
+
+
+def test_report_and_list_read_the_store(smoke_run, tmp_path) -> None:
+    html = smoke_run.html.read_text()
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "weights_bytes" in html and "data:image/png;base64," in html
+    run_id = smoke_run.document["run_id"]
+    listed = harness("list", "--db", str(smoke_run.db))
+    assert listed.returncode == 0 and run_id in listed.stdout
+    again = harness("report", run_id, "--db", str(smoke_run.db), "--out", str(tmp_path / "r.html"))
+    assert again.returncode == 0 and (tmp_path / "r.html").read_text().count("<table") >= 3
+    missing = harness("report", "nope", "--db", str(smoke_run.db))
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr

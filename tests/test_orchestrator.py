@@ -1,0 +1,68 @@
+"""Faults lose nothing: a failed run is stored with its reason, the rest goes on."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.orchestrator import run_scenario
+from harness.runner import Job
+from harness.scenario import load_scenario
+from harness.store import Store
+from harness.targets import TargetError, TargetInfo
+from harness.targets.local import LocalTarget
+
+from conftest import write_scenario
+
+
+class ScriptedTarget:
+    """A target double that replays runner events and loses the fp16 run midway on rep 2."""
+
+    info = TargetInfo("scripted", "bench", None, None, None, emulated=True)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def run(self, job: Job, timeout_s: float):
+        precision = job.variant["precision"]
+        self.calls.append((precision, len(self.calls)))
+        yield {"event": "loaded", "load_ms": 10.0, "weights_bytes": 100, "kv_cache_bytes": 10}
+        for prompt in job.prompts:
+            yield {"event": "sample", "prompt_id": prompt["id"], "warmup": False, "prompt_tokens": 3,
+                   "token_ids": [1, 2, 3], "text": "Paris", "token_times_s": [0.1, 0.2, 0.3], "e2e_s": 0.3}
+            if precision == "fp16" and len(self.calls) > 2:
+                raise TargetError("device lost")
+        yield {"event": "process", "peak_rss_bytes": 1000}
+
+
+def test_failed_run_is_stored_and_others_continue(tmp_path) -> None:
+    prompts = [{"id": "a", "prompt": "x", "reference": "Paris"}, {"id": "b", "prompt": "y"}]
+    scenario = load_scenario(write_scenario(tmp_path, prompts=prompts, workload={
+        "prompts": "prompts.jsonl", "repetitions": 3, "warmup": 0}))
+    store = Store(tmp_path / "r.sqlite")
+    target = ScriptedTarget()
+    run_id = run_scenario(scenario, [target], store)
+
+    # Interleaved repetitions; fp16 is not retried after it failed.
+    assert [p for p, _ in target.calls] == ["fp32", "fp16", "fp32", "fp16", "fp32"]
+    results = {r.variant_key: r for r in store.results(run_id)}
+    assert results["fp32-s1-greedy"].status == "ok"
+    assert results["fp16-s1-greedy"].status == "failed"
+    assert results["fp16-s1-greedy"].error == "repetition 1: device lost"
+    assert store.run(run_id).status == "failed"
+    fp16 = store.samples(run_id, "fp16-s1-greedy", "scripted:bench")
+    # rep 0 complete, plus the one request of rep 1 measured before the device was lost
+    assert [s.repetition for s in fp16 if s.metric == "e2e_ms"] == [0, 0, 1]
+    assert [s.value for s in fp16 if s.metric == "agreement_with_baseline"] == [1.0, 1.0, 1.0]
+    assert len(store.samples(run_id, "fp32-s1-greedy", "scripted:bench")) > len(fp16)
+
+
+def test_local_runner_error_becomes_a_target_error() -> None:
+    job = Job("smollm2-135m-instruct", {"precision": "fp8"}, [{"id": "a", "prompt": "hi"}], 2, 0)
+    with pytest.raises(TargetError, match="runner failed: .*fp8"):
+        list(LocalTarget().run(job, timeout_s=120))
+
+
+def test_local_run_past_its_timeout_is_killed() -> None:
+    job = Job("smollm2-135m-instruct", {"precision": "fp32"}, [{"id": "a", "prompt": "hi"}], 2, 0)
+    with pytest.raises(TargetError, match=r"^runner timed out after 0.2 s$"):
+        list(LocalTarget().run(job, timeout_s=0.2))

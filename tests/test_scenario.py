@@ -1,0 +1,68 @@
+"""Scenario files: valid ones load; bad ones give one line naming file and field, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO, harness, write_scenario
+from harness.errors import HarnessError
+from harness.scenario import Variant, load_scenario
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo"])
+def test_shipped_scenarios_load_with_baseline_first(name: str) -> None:
+    scenario = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    assert scenario.variants[0] == scenario.baseline == Variant("fp32")
+    assert {v.precision for v in scenario.variants} == {"fp32", "fp16"}
+    assert scenario.prompts and len(scenario.sha256) == 64
+
+
+def test_variant_matrix_is_the_product_of_its_axes(tmp_path) -> None:
+    path = write_scenario(tmp_path, variants={"precision": ["fp16", "fp32"], "streams": [1], "decoding": ["greedy"]})
+    scenario = load_scenario(path)
+    assert [v.key for v in scenario.variants] == ["fp32-s1-greedy", "fp16-s1-greedy"]
+
+
+def test_hash_changes_when_prompts_change(tmp_path) -> None:
+    path = write_scenario(tmp_path)
+    before = load_scenario(path).sha256
+    (tmp_path / "prompts.jsonl").write_text('{"id": "x", "prompt": "Say hi."}\n')
+    assert load_scenario(path).sha256 != before
+
+
+BAD = {
+    "unknown precision": ({"variants": {"precision": ["fp32", "int3"]}}, "variants.precision.1", "'fp32', 'fp16' or 'int4'"),
+    "not supported yet": ({"variants": {"precision": ["int4"]}}, "variants", "not supported yet"),
+    "negative repetitions": ({"workload": {"prompts": "prompts.jsonl", "repetitions": -1}}, "workload.repetitions", "greater than 0"),
+    "missing prompts file": ({"workload": {"prompts": "nowhere.jsonl"}}, "workload.prompts", "file not found"),
+    "unknown key": ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+    "wrong type": ({"workload": {"prompts": "prompts.jsonl", "max_new_tokens": "many"}}, "workload.max_new_tokens", "valid integer"),
+    "unknown target": ({"targets": ["toaster"]}, "targets", "allowed: local"),
+    "unknown budget metric": ({"budgets": [{"metric": "speed", "max": 1}]}, "budgets.0.metric", "allowed: load_ms"),
+    "baseline selects nothing": ({"baseline": {"precision": "fp16"}, "variants": {"precision": ["fp32"]}}, "baseline", "selects 0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_scenario_is_one_line_naming_file_and_field_exit_2(tmp_path, case: str) -> None:
+    fields, field, allowed = BAD[case]
+    path = write_scenario(tmp_path, **fields)
+    result = harness("run", str(path), "--db", str(tmp_path / "db.sqlite"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"harness: error: {path}: {field}")
+    assert allowed in lines[0]
+    assert not (tmp_path / "db.sqlite").exists(), "nothing runs for a bad scenario"
+
+
+def test_bad_prompt_line_names_file_line_and_field(tmp_path) -> None:
+    path = write_scenario(tmp_path, prompts=[{"id": "a", "prompt": "hi"}, {"id": "b", "text": "oops"}])
+    with pytest.raises(HarnessError, match=r"prompts.jsonl:2: prompt: Field required"):
+        load_scenario(path)
+
+
+def test_missing_scenario_file(tmp_path) -> None:
+    result = harness("run", str(tmp_path / "none.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"harness: error: {tmp_path / 'none.yaml'}: scenario file not found"
