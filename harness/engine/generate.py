@@ -1,6 +1,6 @@
 """Greedy decoding, batch 1, with a timestamp per generated token."""
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,6 +12,7 @@ class Generation:
     token_ids: list[int]  # generated tokens only; ends with EOS if EOS was produced
     token_times: list[float]  # seconds since the request started (before prefill), one per token
     prompt_tokens: int
+    stats: dict[str, float | list[float]] = field(default_factory=dict)  # technique counters (e.g. DS2D acceptance)
 
 
 @torch.inference_mode()

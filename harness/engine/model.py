@@ -26,6 +26,19 @@ class ModelConfig:
         self.head_dim = self.dim // self.n_head
 
 
+@dataclass
+class AdapterInputs:
+    """A LoRA adapter bank passed to the forward as tensors (the paper's single frozen graph).
+
+    weights: Linear path ("layers.3.attention.wq") -> (A [S, d_in, r], B [S, r, d_out]), with
+    each slot's scale folded into B; slot 0 is all zeros (no adapter). index: [B] slot per row.
+    Switching tasks changes `index` (or the bank's values), never the module graph.
+    """
+
+    weights: dict[str, tuple[Tensor, Tensor]]
+    index: Tensor
+
+
 class KVCache(nn.Module):
     def __init__(self, max_batch_size: int, max_seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
@@ -33,11 +46,11 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int) -> tuple[Tensor, Tensor]:
-        # input_pos: [T], k, v: [B, H_kv, T, D] -> [B, H_kv, kv_len, D]
+    def update(self, cache_pos: Tensor, k: Tensor, v: Tensor, kv_len: int) -> tuple[Tensor, Tensor]:
+        # cache_pos: [T] slots to write, k, v: [B, H_kv, T, D] -> [B, H_kv, kv_len, D]
         batch = k.shape[0]
-        self.k_cache[:batch, :, input_pos] = k
-        self.v_cache[:batch, :, input_pos] = v
+        self.k_cache[:batch, :, cache_pos] = k
+        self.v_cache[:batch, :, cache_pos] = v
         return self.k_cache[:batch, :, :kv_len], self.v_cache[:batch, :, :kv_len]
 
 
@@ -49,6 +62,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.max_seq_len = 0
+        for path, module in self.named_modules():
+            if isinstance(module, Linear):
+                module.path = path  # the key of its adapter weights in AdapterInputs
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype) -> None:
         self.max_seq_len = max_seq_len
@@ -64,23 +80,27 @@ class Transformer(nn.Module):
             layer.attention.kv_cache.k_cache.zero_()
             layer.attention.kv_cache.v_cache.zero_()
 
-    def hidden(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
-        # tokens: [B, T], input_pos: [T] -> [B, T, dim] (after the final norm)
-        kv_len = int(input_pos.max()) + 1
-        mask = self.causal_mask[input_pos, :kv_len]  # [T, kv_len]
+    def hidden(self, tokens: Tensor, input_pos: Tensor, *, cache_pos: Tensor | None = None,
+               mask: Tensor | None = None, adapters: AdapterInputs | None = None) -> Tensor:
+        # tokens: [B, T], input_pos: [T] RoPE positions -> [B, T, dim] (after the final norm)
+        # cache_pos: [T] KV slots written (default input_pos; differs for token trees)
+        # mask: [T, kv_len] bool, True = may attend (default: causal over cache slots)
+        cache_pos = input_pos if cache_pos is None else cache_pos
+        if mask is None:
+            mask = self.causal_mask[cache_pos, : int(cache_pos.max()) + 1]
         freqs_cis = self.freqs_cis[input_pos]  # [T, head_dim / 2, 2]
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
-            x = layer(x, input_pos, freqs_cis, mask)
+            x = layer(x, cache_pos, freqs_cis, mask, adapters)
         return self.norm(x)
 
     def head(self, h: Tensor) -> Tensor:
         # [..., dim] -> [..., vocab]; the LM head is the token embedding (tied)
         return linear(h, self.tok_embeddings.weight)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
-        # tokens: [B, T], input_pos: [T] -> logits [B, T, vocab]
-        return self.head(self.hidden(tokens, input_pos))
+    def forward(self, tokens: Tensor, input_pos: Tensor, **inputs) -> Tensor:
+        # tokens: [B, T], input_pos: [T] -> logits [B, T, vocab]; inputs as for hidden()
+        return self.head(self.hidden(tokens, input_pos, **inputs))
 
 
 class TransformerBlock(nn.Module):
@@ -91,9 +111,10 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x: Tensor, input_pos: Tensor, freqs_cis: Tensor, mask: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), freqs_cis, mask, input_pos)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def forward(self, x: Tensor, cache_pos: Tensor, freqs_cis: Tensor, mask: Tensor,
+                adapters: AdapterInputs | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs_cis, mask, cache_pos, adapters)
+        return h + self.feed_forward(self.ffn_norm(h), adapters)
 
 
 class Attention(nn.Module):
@@ -109,18 +130,19 @@ class Attention(nn.Module):
         self.n_local_heads = config.n_local_heads
         self.head_dim = config.head_dim
 
-    def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, cache_pos: Tensor,
+                adapters: AdapterInputs | None) -> Tensor:
         # x: [B, T, dim], mask: [T, kv_len]
         bsz, seqlen, dim = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.n_head, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        q = self.wq(x, adapters).view(bsz, seqlen, self.n_head, self.head_dim)
+        k = self.wk(x, adapters).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        v = self.wv(x, adapters).view(bsz, seqlen, self.n_local_heads, self.head_dim)
         q = apply_rotary_emb(q, freqs_cis)
         k = apply_rotary_emb(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        k, v = self.kv_cache.update(input_pos, k, v, mask.shape[-1])  # [B, H_kv, kv_len, D]
+        k, v = self.kv_cache.update(cache_pos, k, v, mask.shape[-1])  # [B, H_kv, kv_len, D]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, D]
-        return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, dim))
+        return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, dim), adapters)
 
 
 class FeedForward(nn.Module):
@@ -130,19 +152,29 @@ class FeedForward(nn.Module):
         self.w3 = Linear(config.dim, config.intermediate_size)  # up
         self.w2 = Linear(config.intermediate_size, config.dim)  # down
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    def forward(self, x: Tensor, adapters: AdapterInputs | None) -> Tensor:
+        return self.w2(F.silu(self.w1(x, adapters)) * self.w3(x, adapters), adapters)
 
 
 class Linear(nn.Module):
-    """Bias-free linear layer; the precision module decides how the matmul runs."""
+    """Bias-free linear layer; the precision module decides how the matmul runs.
+
+    With adapters, each row b adds its slot's low-rank update: (x_b @ A[i_b]) @ B[i_b].
+    """
+
+    path = ""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight)
+    def forward(self, x: Tensor, adapters: AdapterInputs | None = None) -> Tensor:
+        y = linear(x, self.weight)
+        if adapters is not None and self.path in adapters.weights:
+            a, b = adapters.weights[self.path]  # [S, d_in, r], [S, r, d_out]
+            index = adapters.index  # [B]
+            y = y + torch.bmm(torch.bmm(x.to(a.dtype), a[index]), b[index]).to(y.dtype)  # [B, T, d_out]
+        return y
 
 
 class RMSNorm(nn.Module):
