@@ -81,5 +81,5 @@ def memory_split(results: list[dict]) -> str | None:
     ax.set_yticks(list(y), [_label(r) for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("peak RSS (MiB), split into weights, KV cache and the rest")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     return _png(fig)

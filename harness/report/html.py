@@ -33,6 +33,7 @@ def _fmt(value: float | None) -> str:
 
 
 _ENV.filters["fmt"] = _fmt
+_ENV.filters["target_key"] = lambda target: TargetInfo(**target).key
 
 
 def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
