@@ -25,8 +25,7 @@ class Verdict:
 
 
 def variant_of(result: dict) -> Variant:
-    v = result["variant"]
-    return Variant(v["precision"], v["streams"], v["decoding"], tuple(v["adapters"]))
+    return Variant.from_dict(result["variant"])
 
 
 def spec_of(document: dict) -> ScenarioFile:
@@ -39,34 +38,40 @@ def evaluate(document: dict) -> list[Verdict]:
     verdicts = []
     for result in document["results"]:
         variant = variant_of(result)
-        baseline = next((r for r in document["results"]
-                         if r["target"] == result["target"] and spec.baseline.matches(variant_of(r))), None)
         for budget in spec.budgets:
             if budget.variant.matches(variant):
-                verdicts.append(_check(budget, result, baseline))
+                against = budget.against or spec.baseline
+                reference = next((r for r in document["results"]
+                                  if r["target"] == result["target"] and against.matches(variant_of(r))), None)
+                verdicts.append(_check(budget, result, reference))
     return verdicts
 
 
-def _check(budget: Budget, result: dict, baseline: dict | None) -> Verdict:
+def _metrics(result: dict, budget: Budget) -> dict:
+    return result["metrics"] if budget.kind is None else result["metrics_by_kind"].get(budget.kind, {})
+
+
+def _check(budget: Budget, result: dict, reference: dict | None) -> Verdict:
     kind, limit = budget.bound
     name = budget.metric
     variant, target = variant_of(result).key, _target_key(result["target"])
+    on = f" on {budget.kind} prompts" if budget.kind else ""
 
     def verdict(measured: float | None, passed: bool, reason: str) -> Verdict:
         return Verdict(budget, variant, target, measured, passed, reason)
 
     if result["status"] != "ok":
         return verdict(None, False, f"{name}: variant failed: {result.get('error')}")
-    if name not in result["metrics"]:
-        return verdict(None, False, f"{name}: not measured")
+    if name not in _metrics(result, budget):
+        return verdict(None, False, f"{name}{on}: not measured")
     stat = budget.stat
-    measured = result["metrics"][name][stat]
-    what = f"{name} {stat} {measured:.4g}"
+    measured = _metrics(result, budget)[name][stat]
+    what = f"{name}{on} {stat} {measured:.4g}"
     if kind.endswith("_ratio"):
-        if baseline is None or baseline["status"] != "ok" or name not in baseline["metrics"]:
-            return verdict(None, False, f"{name}: no baseline measurement to compare with")
-        measured = measured / baseline["metrics"][name][stat]
-        what = f"{name} {stat} ratio to baseline {measured:.3f}"
+        if reference is None or reference["status"] != "ok" or name not in _metrics(reference, budget):
+            return verdict(None, False, f"{name}{on}: no measurement of the reference variant to compare with")
+        measured = measured / _metrics(reference, budget)[name][stat]
+        what = f"{name}{on} {stat} ratio to {variant_of(reference).key} {measured:.3f}"
     op, passed = ("<=", measured <= limit) if kind.startswith("max") else (">=", measured >= limit)
     return verdict(measured, passed, f"{what} {op} {limit:g}: {'pass' if passed else 'FAIL'}")
 

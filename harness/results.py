@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.metrics import METRICS
 from harness.stats import summarize
-from harness.store import Store
+from harness.store import Sample, Store
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -27,12 +27,18 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
     if run is None:
         raise HarnessError(f"{store.path}: run_id: no run {run_id!r} in the store" if run_id
                            else f"{store.path}: the store holds no runs")
+    kinds = {p["id"]: p.get("kind", "open") for p in run.prompts}
     results = []
     for record in store.results(run.run_id):
+        samples = store.samples(run.run_id, record.variant_key, record.target_key)
         result = {
             "variant": record.variant,
             "target": record.target,
-            "metrics": metrics_of(store, run.run_id, record.variant_key, record.target_key),
+            "metrics": summarize_metrics(samples),
+            "metrics_by_kind": {
+                kind: summarize_metrics([s for s in samples if kinds.get(s.prompt_id) == kind])
+                for kind in sorted(set(kinds.values()))
+            },
             "outputs": _first_outputs(store.outputs(run.run_id, record.variant_key, record.target_key)),
             "status": record.status,
         }
@@ -42,7 +48,7 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
     return {
         "run_id": run.run_id,
         "scenario": {"name": run.scenario, "path": run.scenario_path, "sha256": run.scenario_sha256,
-                     "yaml": run.scenario_yaml},
+                     "yaml": run.scenario_yaml, "prompts": run.prompts},
         "started_at": iso(run.started_at),
         "ended_at": iso(run.ended_at),
         "run_status": run.status,
@@ -51,9 +57,10 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
     }
 
 
-def metrics_of(store: Store, run_id: str, variant_key: str, target_key: str) -> dict:
+def summarize_metrics(samples: list[Sample]) -> dict:
+    """Each metric's raw samples with their summary, in registry order."""
     by_metric: dict[str, list[float]] = defaultdict(list)
-    for sample in store.samples(run_id, variant_key, target_key):
+    for sample in samples:
         by_metric[sample.metric].append(sample.value)
     metrics = {}
     for name in METRICS:
@@ -68,11 +75,11 @@ def metrics_of(store: Store, run_id: str, variant_key: str, target_key: str) -> 
 
 
 def _first_outputs(outputs: list[dict]) -> list[dict]:
-    """Each prompt's output from the first repetition that produced it (greedy repeats it)."""
-    seen: dict[str, dict] = {}
+    """Each (prompt, adapter) output from the first repetition that produced it (greedy repeats it)."""
+    seen: dict[tuple[str, str | None], dict] = {}
     for output in outputs:
-        seen.setdefault(output["prompt_id"], output)
-    return [{"prompt_id": o["prompt_id"], "text": o["text"], "token_ids": o["token_ids"]} for o in seen.values()]
+        seen.setdefault((output["prompt_id"], output["adapter"]), output)
+    return [{k: o[k] for k in ("prompt_id", "adapter", "text", "token_ids")} for o in seen.values()]
 
 
 def write_json(document: dict, path: Path) -> None:

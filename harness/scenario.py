@@ -31,11 +31,14 @@ from harness.prompts import Prompt, describe_validation_error, load_prompts
 
 Precision = Literal["fp32", "fp16", "int4"]
 Decoding = Literal["greedy", "ds2d"]
+LoraMode = Literal["runtime", "merged"]
+Prefill = Literal["per_stream", "shared"]
 MODELS = ("smollm2-135m-instruct",)
 
 # What the reference engine can run today; declared values outside this are rejected
 # with "not supported yet" instead of failing half-way through a run.
 SUPPORTED = {"precision": {"fp32", "fp16"}, "streams": {1}, "decoding": {"greedy"}}
+SUPPORTS_ADAPTERS = False
 
 
 class Strict(BaseModel):
@@ -44,18 +47,28 @@ class Strict(BaseModel):
 
 @dataclass(frozen=True, order=True)
 class Variant:
-    """One point of the variant matrix."""
+    """One model variant: how the weights are held and how tokens are generated.
+
+    `adapters` with one stream: the requests switch between the adapters (task switching);
+    with K streams: stream i runs adapter i, all K advanced by one batched forward per step.
+    """
 
     precision: str
     streams: int = 1
     decoding: str = "greedy"
     adapters: tuple[str, ...] = ()
+    lora_mode: str = "runtime"  # runtime: adapter bank as forward inputs; merged: weights merged per adapter
+    prefill: str = "per_stream"  # multi-stream prompt mode: per_stream (exact) or shared
 
     @property
     def key(self) -> str:
         parts = [self.precision, f"s{self.streams}", self.decoding]
         if self.adapters:
             parts.append("+".join(self.adapters))
+        if self.lora_mode != "runtime":
+            parts.append(self.lora_mode)
+        if self.prefill != "per_stream":
+            parts.append(f"{self.prefill}-prefill")
         return "-".join(parts)
 
     def as_dict(self) -> dict:
@@ -64,33 +77,67 @@ class Variant:
             "streams": self.streams,
             "decoding": self.decoding,
             "adapters": list(self.adapters),
+            "lora_mode": self.lora_mode,
+            "prefill": self.prefill,
         }
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> Variant:
+        return cls(**{**fields, "adapters": tuple(fields.get("adapters", ()))})
+
+    def problem(self) -> str | None:
+        """Why this combination cannot run, or None."""
+        for field, allowed in SUPPORTED.items():
+            if getattr(self, field) not in allowed:
+                return f"{field} {getattr(self, field)!r} is not supported yet; supported: " + ", ".join(
+                    str(v) for v in sorted(allowed, key=str))
+        if self.adapters and not SUPPORTS_ADAPTERS:
+            return "adapters are not supported yet; supported: []"
+        if self.streams > 1 and len(self.adapters) not in (0, self.streams):
+            return f"{self.streams} streams need {self.streams} adapters (one per stream) or none"
+        if self.streams > 1 and self.decoding != "greedy":
+            return f"decoding {self.decoding!r} runs one stream; multi-stream decoding is greedy"
+        if self.lora_mode == "merged" and (self.streams > 1 or not self.adapters):
+            return "lora_mode 'merged' needs adapters and one stream (merged weights serve one adapter at a time)"
+        if self.prefill == "shared" and self.streams == 1:
+            return "prefill 'shared' needs more than one stream"
+        return None
+
+
+class VariantSpec(Strict):
+    """One explicit variant (an `include` entry)."""
+
+    precision: Precision = "fp32"
+    streams: PositiveInt = 1
+    decoding: Decoding = "greedy"
+    adapters: list[str] = []
+    lora_mode: LoraMode = "runtime"
+    prefill: Prefill = "per_stream"
 
 
 class VariantMatrix(Strict):
+    """Every combination of the axes, plus the explicit variants under `include`."""
+
     precision: list[Precision] = Field(default=["fp32"], min_length=1)
     streams: list[PositiveInt] = Field(default=[1], min_length=1)
     decoding: list[Decoding] = Field(default=["greedy"], min_length=1)
     adapters: list[list[str]] = Field(default=[[]], min_length=1)
+    lora_mode: list[LoraMode] = Field(default=["runtime"], min_length=1)
+    prefill: list[Prefill] = Field(default=["per_stream"], min_length=1)
+    include: list[VariantSpec] = []
 
     @model_validator(mode="after")
-    def _supported(self) -> VariantMatrix:
-        for field, allowed in SUPPORTED.items():
-            for value in getattr(self, field):
-                if value not in allowed:
-                    raise ValueError(
-                        f"{field} {value!r} is not supported yet; supported: "
-                        + ", ".join(str(v) for v in sorted(allowed, key=str))
-                    )
-        if any(self.adapters):
-            raise ValueError("adapters are not supported yet; supported: []")
+    def _runnable(self) -> VariantMatrix:
+        for variant in self.expand():
+            if problem := variant.problem():
+                raise ValueError(f"variant {variant.key}: {problem}")
         return self
 
     def expand(self) -> list[Variant]:
-        return [
-            Variant(p, s, d, tuple(a))
-            for p, s, d, a in itertools.product(self.precision, self.streams, self.decoding, self.adapters)
-        ]
+        axes = (self.precision, self.streams, self.decoding, self.adapters, self.lora_mode, self.prefill)
+        variants = [Variant(p, s, d, tuple(a), m, f) for p, s, d, a, m, f in itertools.product(*axes)]
+        variants += [Variant.from_dict(spec.model_dump()) for spec in self.include]
+        return list(dict.fromkeys(variants))  # drop duplicates, keep order
 
 
 class VariantSelector(Strict):
@@ -100,6 +147,8 @@ class VariantSelector(Strict):
     streams: PositiveInt | None = None
     decoding: Decoding | None = None
     adapters: list[str] | None = None
+    lora_mode: LoraMode | None = None
+    prefill: Prefill | None = None
 
     def matches(self, variant: Variant) -> bool:
         wanted = self.model_dump(exclude_none=True)
@@ -115,13 +164,17 @@ class Workload(Strict):
 
 
 class Budget(Strict):
-    """A hard gate on one metric: an absolute bound or a ratio to the baseline.
+    """A hard gate on one metric: an absolute bound, or a ratio to another variant.
 
-    `stat: mean` suits 0/1 counters such as exact_match, where the mean is the accuracy.
+    Ratios are taken against the variant `against` selects (default: the baseline), on
+    the same target. `kind` restricts the samples to prompts of that kind. `stat: mean`
+    suits 0/1 counters such as exact_match, where the mean is the accuracy.
     """
 
     metric: str
     variant: VariantSelector = VariantSelector()
+    against: VariantSelector | None = None
+    kind: str | None = None
     stat: Literal["median", "mean"] = "median"
     max: float | None = None
     min: float | None = None
@@ -160,6 +213,7 @@ class ScenarioFile(Strict):
     workload: Workload
     targets: list[str] = Field(default=["local"], min_length=1)
     budgets: list[Budget] = []
+    adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
 
     @field_validator("targets")
     @classmethod
@@ -181,6 +235,7 @@ class Scenario:
     variants: list[Variant]
     baseline: Variant
     sha256: str
+    adapters_dir: Path
 
     @property
     def name(self) -> str:
@@ -207,21 +262,38 @@ def load_scenario(path: str | Path) -> Scenario:
     prompts = load_prompts(prompts_path)
 
     variants = spec.variants.expand()
-    baseline = _pick_baseline(path, spec.baseline, variants)
+    baseline = _pick(path, "baseline", spec.baseline, variants)
+    for number, budget in enumerate(spec.budgets):
+        if budget.against is not None:
+            _pick(path, f"budgets.{number}.against", budget.against, variants)
+        if budget.kind is not None and budget.kind not in {p.kind for p in prompts}:
+            raise HarnessError(f"{path}: budgets.{number}.kind: no prompt of kind {budget.kind!r}; "
+                               f"kinds: {', '.join(sorted({p.kind for p in prompts}))}")
+    adapters_dir = (path.parent / spec.adapters_dir).resolve()
+    _check_adapters(path, adapters_dir, variants)
     # Baseline first: agreement_with_baseline for the others can then be computed
     # as soon as each of their samples exists.
     variants.remove(baseline)
     variants.insert(0, baseline)
 
     digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
-    return Scenario(path, spec, prompts, variants, baseline, digest)
+    return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
 
 
-def _pick_baseline(path: Path, selector: VariantSelector, variants: list[Variant]) -> Variant:
+def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Variant]) -> Variant:
     chosen = [v for v in variants if selector.matches(v)]
     if len(chosen) != 1:
         raise HarnessError(
-            f"{path}: baseline: must select exactly one variant, selects {len(chosen)}; "
+            f"{path}: {field}: must select exactly one variant, selects {len(chosen)}; "
             f"variants: {', '.join(v.key for v in variants)}"
         )
     return chosen[0]
+
+
+def _check_adapters(path: Path, adapters_dir: Path, variants: list[Variant]) -> None:
+    available = sorted(p.parent.name for p in adapters_dir.glob("*/adapter_config.json"))
+    for variant in variants:
+        for name in variant.adapters:
+            if name not in available:
+                raise HarnessError(f"{path}: variants: unknown adapter {name!r} in {adapters_dir}; "
+                                   f"available: {', '.join(available) or 'none'}")

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS runs (
     scenario_path TEXT NOT NULL,
     scenario_sha256 TEXT NOT NULL,
     scenario_yaml TEXT NOT NULL,
+    prompts TEXT NOT NULL,
     harness_version TEXT NOT NULL,
     git_commit TEXT,
     environment TEXT NOT NULL,
@@ -58,9 +59,10 @@ CREATE TABLE IF NOT EXISTS outputs (
     target_key TEXT NOT NULL,
     repetition INTEGER NOT NULL,
     prompt_id TEXT NOT NULL,
+    adapter TEXT NOT NULL,
     text TEXT NOT NULL,
     token_ids TEXT NOT NULL,
-    PRIMARY KEY (run_id, variant_key, target_key, repetition, prompt_id)
+    PRIMARY KEY (run_id, variant_key, target_key, repetition, prompt_id, adapter)
 );
 """
 
@@ -72,6 +74,7 @@ class RunRecord:
     scenario_path: str
     scenario_sha256: str
     scenario_yaml: str
+    prompts: list[dict]
     harness_version: str
     git_commit: str | None
     environment: dict
@@ -111,12 +114,12 @@ class Store:
         self._db.close()
 
     # -- writing ---------------------------------------------------------------------
-    def begin_run(self, scenario: str, scenario_path: str, sha256: str, yaml_text: str,
+    def begin_run(self, scenario: str, scenario_path: str, sha256: str, yaml_text: str, prompts: list[dict],
                   harness_version: str, git_commit: str | None, environment: dict) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self._db.execute(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,NULL,'running')",
-            (run_id, scenario, scenario_path, sha256, yaml_text, harness_version, git_commit,
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,NULL,'running')",
+            (run_id, scenario, scenario_path, sha256, yaml_text, json.dumps(prompts), harness_version, git_commit,
              json.dumps(environment), time.time()),
         )
         return run_id
@@ -147,10 +150,11 @@ class Store:
             )
 
     def add_output(self, run_id: str, variant_key: str, target_key: str, repetition: int,
-                   prompt_id: str, text: str, token_ids: list[int]) -> None:
+                   prompt_id: str, adapter: str | None, text: str, token_ids: list[int]) -> None:
+        """One generated text; `adapter` names the LoRA adapter that produced it (None: the base model)."""
         self._db.execute(
-            "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?)",
-            (run_id, variant_key, target_key, repetition, prompt_id, text, json.dumps(token_ids)),
+            "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, variant_key, target_key, repetition, prompt_id, adapter or "", text, json.dumps(token_ids)),
         )
 
     # -- reading ---------------------------------------------------------------------
@@ -187,14 +191,15 @@ class Store:
 
     def outputs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
         rows = self._db.execute(
-            "SELECT repetition, prompt_id, text, token_ids FROM outputs"
+            "SELECT repetition, prompt_id, adapter, text, token_ids FROM outputs"
             " WHERE run_id=? AND variant_key=? AND target_key=? ORDER BY repetition, rowid",
             (run_id, variant_key, target_key),
         )
-        return [{"repetition": r, "prompt_id": p, "text": t, "token_ids": json.loads(ids)} for r, p, t, ids in rows]
+        return [{"repetition": r, "prompt_id": p, "adapter": a or None, "text": t, "token_ids": json.loads(ids)}
+                for r, p, a, t, ids in rows]
 
     @staticmethod
     def _run(row: tuple) -> RunRecord:
         values = list(row)
-        values[7] = json.loads(values[7])
+        values[5], values[8] = json.loads(values[5]), json.loads(values[8])  # prompts, environment
         return RunRecord(*values)

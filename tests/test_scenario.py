@@ -66,3 +66,39 @@ def test_missing_scenario_file(tmp_path) -> None:
     result = harness("run", str(tmp_path / "none.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"harness: error: {tmp_path / 'none.yaml'}: scenario file not found"
+
+
+def test_include_adds_explicit_variants_without_duplicates(tmp_path) -> None:
+    path = write_scenario(tmp_path, variants={
+        "precision": ["fp32", "fp16"],
+        "include": [{"precision": "fp16"}, {"precision": "fp32", "decoding": "greedy"}],
+    })
+    assert [v.key for v in load_scenario(path).variants] == ["fp32-s1-greedy", "fp16-s1-greedy"]
+
+
+def test_variant_keys_name_non_default_modes() -> None:
+    variant = Variant("int4", 3, "greedy", ("formal", "polite", "jovial"), "runtime", "shared")
+    assert variant.key == "int4-s3-greedy-formal+polite+jovial-shared-prefill"
+    assert Variant.from_dict(variant.as_dict()) == variant
+    assert Variant("fp16", 1, "greedy", ("formal",), "merged").key == "fp16-s1-greedy-formal-merged"
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"streams": 3, "adapters": ("a", "b")}, "3 streams need 3 adapters"),
+    ({"streams": 2, "decoding": "ds2d"}, "multi-stream decoding is greedy"),
+    ({"lora_mode": "merged"}, "'merged' needs adapters and one stream"),
+    ({"prefill": "shared"}, "'shared' needs more than one stream"),
+])
+def test_impossible_combinations_are_named(fields: dict, problem: str, monkeypatch) -> None:
+    monkeypatch.setattr("harness.scenario.SUPPORTED", {})
+    monkeypatch.setattr("harness.scenario.SUPPORTS_ADAPTERS", True)
+    assert problem in Variant("fp32", **fields).problem()
+
+
+def test_budget_against_and_kind_are_checked(tmp_path) -> None:
+    path = write_scenario(tmp_path, budgets=[{"metric": "e2e_ms", "against": {"precision": "int4"}, "max_ratio": 1}])
+    with pytest.raises(HarnessError, match=r"budgets.0.against: must select exactly one variant, selects 0"):
+        load_scenario(path)
+    path = write_scenario(tmp_path, budgets=[{"metric": "e2e_ms", "kind": "poetry", "max": 1}])
+    with pytest.raises(HarnessError, match=r"budgets.0.kind: no prompt of kind 'poetry'; kinds: open"):
+        load_scenario(path)

@@ -7,7 +7,7 @@ from harness.store import Sample, Store
 
 def test_each_sample_is_durable_as_soon_as_it_is_added(tmp_path) -> None:
     store = Store(tmp_path / "r.sqlite")
-    run_id = store.begin_run("s", "s.yaml", "0" * 64, "name: s", "0.1", None, {"host": "h"})
+    run_id = store.begin_run("s", "s.yaml", "0" * 64, "name: s", [{"id": "p"}], "0.1", None, {"host": "h"})
     store.add_result(run_id, "v", "local", {"precision": "fp32"}, {"kind": "local"})
     store.add_samples(run_id, "v", "local", [Sample("e2e_ms", 1.5, 0, "p")])
     store.add_samples(run_id, "v", "local", [Sample("e2e_ms", 99.0, 0, "p")], warmup=True)
@@ -20,11 +20,11 @@ def test_each_sample_is_durable_as_soon_as_it_is_added(tmp_path) -> None:
 
 def test_runs_results_and_failures_round_trip(tmp_path) -> None:
     store = Store(tmp_path / "r.sqlite")
-    first = store.begin_run("s", "s.yaml", "0" * 64, "name: s", "0.1", "abc", {"host": "h"})
+    first = store.begin_run("s", "s.yaml", "0" * 64, "name: s", [{"id": "p"}], "0.1", "abc", {"host": "h"})
     store.add_result(first, "v", "local", {"precision": "fp32"}, {"kind": "local"})
     store.fail_result(first, "v", "local", "runner timed out")
     store.end_run(first, "failed")
-    second = store.begin_run("s", "s.yaml", "0" * 64, "name: s", "0.1", "abc", {"host": "h"})
+    second = store.begin_run("s", "s.yaml", "0" * 64, "name: s", [{"id": "p"}], "0.1", "abc", {"host": "h"})
     assert store.run().run_id == second
     assert store.run(first).status == "failed" and store.run(first).environment == {"host": "h"}
     assert [(r.status, r.error) for r in store.results(first)] == [("failed", "runner timed out")]
