@@ -46,6 +46,11 @@ def request_samples(event: dict, repetition: int, reference: str | list[str] | N
     return samples
 
 
+def fidelity_samples(event: dict, repetition: int) -> list[Sample]:
+    """From a "fidelity" event: KL against the baseline, scored after the timed work."""
+    return [Sample("kld_vs_baseline", event["kld"], repetition, event["prompt_id"])]
+
+
 def agreement(tokens: list[int], baseline: list[int]) -> float:
     """Share of positions holding the same token, over the longer of the two sequences."""
     longest = max(len(tokens), len(baseline))

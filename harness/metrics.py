@@ -33,6 +33,7 @@ METRICS: dict[str, Metric] = {
         Metric("kv_cache_bytes", "bytes", "lower", "process", "bytes of KV cache tensors the engine allocated"),
         Metric("exact_match", "ratio", "higher", "request", "normalized output equals the prompt's reference answer"),
         Metric("agreement_with_baseline", "ratio", "higher", "request", "share of greedy tokens identical to the baseline variant's, by position"),
+        Metric("kld_vs_baseline", "nats", "lower", "request", "mean KL(baseline || variant) of next-token distributions, teacher-forced on the baseline's output (top-64 + rest)"),
     )
 }
 

@@ -39,36 +39,49 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     environment = host_environment()
     run_id = store.begin_run(
         scenario.name, str(scenario.path), scenario.sha256, scenario.path.read_text(encoding="utf-8"),
-        __version__, environment["git_commit"], environment,
+        [p.model_dump() for p in scenario.prompts], __version__, environment["git_commit"], environment,
     )
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
     failed: set[tuple[str, str]] = set()
-    baseline_outputs: dict[tuple[str, int, str], list[int]] = {}
-    for repetition in range(scenario.spec.workload.repetitions):
-        for target in targets:
-            for variant in scenario.variants:
-                if (variant.key, target.info.key) in failed:
-                    continue
-                measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs)
-                try:
-                    measure.run(on_step)
-                except TargetError as exc:
-                    failed.add((variant.key, target.info.key))
-                    store.fail_result(run_id, variant.key, target.info.key, f"repetition {repetition}: {exc}")
+    baseline_outputs = _BaselineOutputs()
+    try:
+        for repetition in range(scenario.spec.workload.repetitions):
+            for target in targets:
+                for variant in scenario.variants:
+                    if (variant.key, target.info.key) in failed:
+                        continue
+                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs)
+                    try:
+                        measure.run(on_step)
+                    except TargetError as exc:
+                        failed.add((variant.key, target.info.key))
+                        store.fail_result(run_id, variant.key, target.info.key, f"repetition {repetition}: {exc}")
+    except BaseException:
+        store.end_run(run_id, "interrupted")  # what was measured stays in the store
+        raise
     store.end_run(run_id, "failed" if failed else "ok")
     return run_id
+
+
+class _BaselineOutputs:
+    """What the baseline produced, per (target, repetition, prompt): tokens and teacher data."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, int, str], list[int]] = {}
+        self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
 
 
 class _Measurement:
     """One repetition of one variant on one target: one runner process."""
 
     def __init__(self, scenario: Scenario, store: Store, run_id: str, target: Target, variant: Variant,
-                 repetition: int, baseline_outputs: dict[tuple[str, int, str], list[int]]) -> None:
+                 repetition: int, baseline_outputs: _BaselineOutputs) -> None:
         self.scenario, self.store, self.run_id = scenario, store, run_id
         self.target, self.variant, self.repetition = target, variant, repetition
-        self.baseline_outputs = baseline_outputs
+        self.baseline = baseline_outputs
+        self.is_baseline = variant == scenario.baseline
         self.references = {p.id: p.reference for p in scenario.prompts}
 
     def run(self, on_step: Step) -> None:
@@ -79,29 +92,36 @@ class _Measurement:
             prompts=[p.model_dump() for p in self.scenario.prompts],
             max_new_tokens=workload.max_new_tokens,
             warmup=workload.warmup,
+            emit_teacher=self.is_baseline,
+            teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
         )
         for event in self.target.run(job, workload.timeout_s):
-            if event["event"] == "loaded":
+            kind = event["event"]
+            if kind == "loaded":
                 self._store(counters.load_samples(event, self.repetition))
-            elif event["event"] == "process":
+            elif kind == "process":
                 self._store(counters.process_samples(event, self.repetition))
-            elif event["event"] == "sample":
+            elif kind == "sample":
                 self._request(event)
                 on_step(f"{self.target.info.key} {self.variant.key} rep {self.repetition + 1}")
+            elif kind == "teacher":
+                key = (self.target.info.key, self.repetition)
+                self.baseline.teachers.setdefault(key, {})[event["prompt_id"]] = event["teacher"]
+            elif kind == "fidelity":
+                self._store(counters.fidelity_samples(event, self.repetition))
 
     def _request(self, event: dict) -> None:
         prompt_id, warmup = event["prompt_id"], event["warmup"]
         key = (self.target.info.key, self.repetition, prompt_id)
-        is_baseline = self.variant == self.scenario.baseline
-        if is_baseline and not warmup:
-            self.baseline_outputs[key] = event["token_ids"]
+        if self.is_baseline and not warmup:
+            self.baseline.tokens[key] = event["token_ids"]
         samples = counters.request_samples(
-            event, self.repetition, self.references[prompt_id], self.baseline_outputs.get(key)
+            event, self.repetition, self.references[prompt_id], self.baseline.tokens.get(key)
         )
         self._store(samples, warmup)
         if not warmup:
             self.store.add_output(self.run_id, self.variant.key, self.target.info.key, self.repetition,
-                                  prompt_id, event["text"], event["token_ids"])
+                                  prompt_id, event.get("adapter"), event["text"], event["token_ids"])
 
     def _store(self, samples: list[counters.Sample], warmup: bool = False) -> None:
         self.store.add_samples(self.run_id, self.variant.key, self.target.info.key, samples, warmup)

@@ -9,11 +9,15 @@ stdout, one event each:
     {"event": "loaded", "load_ms", "weights_bytes", "kv_cache_bytes", "engine": {...}}
     {"event": "sample", "prompt_id", "warmup", "prompt_tokens", "token_ids", "text",
      "token_times_s", "e2e_s"}        # token_times_s: from request start, one per token
+    {"event": "measured"}             # the timed work is over: the target reads peak RSS now
+    {"event": "teacher", "prompt_id", "teacher": {...}}   # baseline only: its top-k log-probs
+    {"event": "fidelity", "prompt_id", "kld"}             # others: KL against the baseline
     {"event": "done"}
     {"event": "error", "error": "..."}
 
-After "done" it waits for stdin to close before exiting, so the target can read the
-process's peak RSS (VmHWM) while it is still alive. The job file is what `Job` holds.
+Fidelity work runs after "measured", untimed, so it touches neither latency nor memory
+counters. After "done" the runner waits for stdin to close before exiting, so the target
+can still inspect the process. The job file is what `Job` holds.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Job:
     prompts: list[dict]  # Prompt fields: id, prompt, template, ...
     max_new_tokens: int
     warmup: int
+    emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
+    teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -68,12 +74,27 @@ def run(job: Job) -> None:
         engine={"name": "reference", "torch": torch.__version__, "threads": torch.get_num_threads()},
     )
     warmups = [job.prompts[i % len(job.prompts)] for i in range(job.warmup)]
+    outputs = {}
     for index, prompt in enumerate(warmups + job.prompts):
-        _request(engine, prompt, job.max_new_tokens, warmup=index < len(warmups))
+        outputs[prompt["id"]] = _request(engine, prompt, job.max_new_tokens, warmup=index < len(warmups))
+    emit("measured")
+    _fidelity(engine, job, outputs)
     emit("done")
 
 
-def _request(engine, prompt: dict, max_new_tokens: int, warmup: bool) -> None:
+def _fidelity(engine, job: Job, outputs: dict[str, tuple[list[int], list[int]]]) -> None:
+    from harness.engine import fidelity
+
+    for prompt_id, (prompt_ids, output_ids) in outputs.items():
+        if job.emit_teacher:
+            reference = fidelity.teacher(engine.model, prompt_ids, output_ids)
+            emit("teacher", prompt_id=prompt_id, teacher=reference.as_dict())
+        elif job.teachers and prompt_id in job.teachers:
+            kld = fidelity.kl_divergence(engine.model, fidelity.Teacher(**job.teachers[prompt_id]))
+            emit("fidelity", prompt_id=prompt_id, kld=kld)
+
+
+def _request(engine, prompt: dict, max_new_tokens: int, warmup: bool) -> tuple[list[int], list[int]]:
     start = time.perf_counter()
     ids = engine.tokenizer.encode(_text(engine, prompt))
     offset = time.perf_counter() - start  # generation's clock starts after tokenizing
@@ -90,6 +111,7 @@ def _request(engine, prompt: dict, max_new_tokens: int, warmup: bool) -> None:
         token_times_s=[offset + t for t in generation.token_times],
         e2e_s=e2e,
     )
+    return ids, generation.token_ids
 
 
 def _text(engine, prompt: dict) -> str:

@@ -66,3 +66,18 @@ def test_local_run_past_its_timeout_is_killed() -> None:
     job = Job("smollm2-135m-instruct", {"precision": "fp32"}, [{"id": "a", "prompt": "hi"}], 2, 0)
     with pytest.raises(TargetError, match=r"^runner timed out after 0.2 s$"):
         list(LocalTarget().run(job, timeout_s=0.2))
+
+
+def test_interrupted_run_keeps_its_samples_and_says_so(tmp_path) -> None:
+    scenario = load_scenario(write_scenario(tmp_path))
+    store = Store(tmp_path / "r.sqlite")
+
+    def stop(_: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario, [ScriptedTarget()], store, on_step=stop)
+    run = store.run()
+    assert run.status == "interrupted"
+    assert [s.metric for s in store.samples(run.run_id, "fp32-s1-greedy", "scripted:bench")][:3] == [
+        "load_ms", "weights_bytes", "kv_cache_bytes"]

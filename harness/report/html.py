@@ -59,13 +59,19 @@ def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
 
 
 def _outputs(document: dict) -> tuple[list[str], list[dict]]:
-    """Outputs side by side: one row per prompt, one column per variant x target."""
-    columns = [f"{variant_of(r).key} @ {TargetInfo(**r['target']).key}" for r in document["results"]]
-    prompts: dict[str, list[str]] = {}
-    for index, result in enumerate(document["results"]):
+    """Outputs side by side: one row per prompt, one column per variant x target x adapter."""
+    columns: list[str] = []
+    cells: dict[tuple[str, str], str] = {}  # (prompt, column) -> text
+    for result in document["results"]:
         for output in result["outputs"]:
-            prompts.setdefault(output["prompt_id"], [""] * len(columns))[index] = output["text"]
-    return columns, [{"prompt_id": p, "texts": texts} for p, texts in prompts.items()]
+            column = f"{variant_of(result).key} @ {TargetInfo(**result['target']).key}"
+            if output.get("adapter"):
+                column += f" · {output['adapter']}"
+            if column not in columns:
+                columns.append(column)
+            cells[(output["prompt_id"], column)] = output["text"]
+    prompts = list(dict.fromkeys(prompt for prompt, _ in cells))
+    return columns, [{"prompt_id": p, "texts": [cells.get((p, c), "") for c in columns]} for p in prompts]
 
 
 def render_html(document: dict, verdicts: list[Verdict] | None = None) -> str:

@@ -1,8 +1,9 @@
 """Targets: where a variant runs. Each kind is a plug-in registered in `KINDS`.
 
-A target starts the runner for a job and yields its events (see `harness.runner`),
-followed by one `{"event": "process", "peak_rss_bytes": ...}` event that the target
-measures itself. Anything that stops a run early raises `TargetError`.
+A target starts the runner for a job and yields its events (see `harness.runner`); in
+place of the runner's "measured" event it yields `{"event": "process", "peak_rss_bytes":
+...}`, which the target measures itself. Anything that stops a run early raises
+`TargetError`.
 """
 
 from __future__ import annotations

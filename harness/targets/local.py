@@ -76,12 +76,14 @@ def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float
         event = json.loads(line)
         if event["event"] == "error":
             raise TargetError(f"runner failed: {event['error']}")
-        if event["event"] == "done":
+        if event["event"] == "measured":
             yield {"event": "process", "peak_rss_bytes": peak_rss_bytes(process.pid)}
+        elif event["event"] == "done":
             process.stdin.close()
             process.wait()
             return
-        yield event
+        else:
+            yield event
 
 
 def _pump(stream, lines: queue.Queue) -> None:
