@@ -9,15 +9,15 @@ from __future__ import annotations
 import re
 import string
 
+from harness.metrics import STATS_METRICS
 from harness.store import Sample
+from harness.style import style_scores
 
 
 def load_samples(event: dict, repetition: int) -> list[Sample]:
     """From a runner's "loaded" event: one sample each per process."""
-    return [
-        Sample(name, float(event[key]), repetition, None)
-        for name, key in (("load_ms", "load_ms"), ("weights_bytes", "weights_bytes"), ("kv_cache_bytes", "kv_cache_bytes"))
-    ]
+    names = ["load_ms", "weights_bytes", "kv_cache_bytes"] + (["adapter_bytes"] if event.get("adapter_bytes") else [])
+    return [Sample(name, float(event[name]), repetition, None) for name in names]
 
 
 def process_samples(event: dict, repetition: int) -> list[Sample]:
@@ -43,6 +43,18 @@ def request_samples(event: dict, repetition: int, reference: str | list[str] | N
     if baseline_tokens is not None:
         samples.append(Sample("agreement_with_baseline", agreement(event["token_ids"], baseline_tokens),
                               repetition, prompt_id))
+    return samples + technique_samples(event, repetition)
+
+
+def technique_samples(event: dict, repetition: int) -> list[Sample]:
+    """DS2D, adapter and multi-stream counters the runner measured for this output."""
+    stats, prompt_id = event.get("stats", {}), event["prompt_id"]
+    samples = [Sample(name, float(stats[name]), repetition, prompt_id) for name in STATS_METRICS if name in stats]
+    samples += [Sample(f"acceptance_depth_{d}", float(share), repetition, prompt_id)
+                for d, share in enumerate(stats.get("acceptance_by_depth", [])[:8], start=1)]
+    adapter = event.get("adapter")
+    if adapter is not None and adapter in style_scores(""):
+        samples.append(Sample("style_score", style_scores(event["text"])[adapter], repetition, prompt_id))
     return samples
 
 

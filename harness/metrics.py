@@ -34,8 +34,24 @@ METRICS: dict[str, Metric] = {
         Metric("exact_match", "ratio", "higher", "request", "normalized output equals the prompt's reference answer"),
         Metric("agreement_with_baseline", "ratio", "higher", "request", "share of greedy tokens identical to the baseline variant's, by position"),
         Metric("kld_vs_baseline", "nats", "lower", "request", "mean KL(baseline || variant) of next-token distributions, teacher-forced on the baseline's output (top-64 + rest)"),
+        Metric("adapter_bytes", "bytes", "lower", "process", "bytes held for LoRA adapters: the bank, plus merged weight copies in merged mode"),
+        Metric("adapter_switch_ms", "ms", "lower", "request", "time to make the next adapter active (runtime: new index tensor; merged: copy weights in)"),
+        Metric("style_score", "markers/100 words", "higher", "request", "marker words of the adapter's own style in its output"),
+        Metric("multistream_speedup", "x", "higher", "request", "time of K sequential single-stream runs / one K-stream run, same prompt and adapters"),
+        Metric("tokens_per_step", "tokens", "higher", "request", "DS2D: generated tokens per model forward"),
+        Metric("acceptance_rate", "ratio", "higher", "request", "DS2D: accepted draft tokens / depth of the verified draft trees"),
+        Metric("plain_step_share", "ratio", "lower", "request", "DS2D: share of decode steps run without a draft"),
+        Metric("draft_ms", "ms", "lower", "request", "DS2D: time spent drafting per request"),
+        Metric("verify_ms", "ms", "lower", "request", "DS2D: time spent in verification forwards per request"),
+        Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / the same variant's greedy decode tokens/s, same prompt and repetition"),
+        *(Metric(f"acceptance_depth_{d}", "ratio", "higher", "request", f"DS2D: share of draft steps whose accepted path reached depth {d}")
+          for d in range(1, 9)),
     )
 }
+
+# Technique counters the runner reports in a sample's "stats", stored under the same names.
+STATS_METRICS = ("adapter_switch_ms", "multistream_speedup", "tokens_per_step", "acceptance_rate",
+                 "plain_step_share", "draft_ms", "verify_ms")
 
 
 def metric(name: str) -> Metric:

@@ -8,6 +8,7 @@ A failed run stores its reason and the scenario goes on with the rest.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from harness import __version__, counters
@@ -66,11 +67,14 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
 
 
 class _BaselineOutputs:
-    """What the baseline produced, per (target, repetition, prompt): tokens and teacher data."""
+    """What reference variants produced, per (target, repetition, prompt): the baseline's
+    tokens and teacher data, and greedy decode rates for DS2D twins."""
 
     def __init__(self) -> None:
         self.tokens: dict[tuple[str, int, str], list[int]] = {}
         self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
+        # greedy variants' decode rates per (variant, target, repetition, prompt), for ds2d_speedup
+        self.decode_rates: dict[tuple[str, str, int, str], float] = {}
 
 
 class _Measurement:
@@ -94,6 +98,7 @@ class _Measurement:
             warmup=workload.warmup,
             emit_teacher=self.is_baseline,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
+            adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
         )
         for event in self.target.run(job, workload.timeout_s):
             kind = event["event"]
@@ -113,15 +118,31 @@ class _Measurement:
     def _request(self, event: dict) -> None:
         prompt_id, warmup = event["prompt_id"], event["warmup"]
         key = (self.target.info.key, self.repetition, prompt_id)
-        if self.is_baseline and not warmup:
+        base_model_output = event.get("adapter") is None  # adapter outputs differ from the baseline on purpose
+        if self.is_baseline and not warmup and base_model_output:
             self.baseline.tokens[key] = event["token_ids"]
         samples = counters.request_samples(
-            event, self.repetition, self.references[prompt_id], self.baseline.tokens.get(key)
+            event, self.repetition, self.references[prompt_id],
+            self.baseline.tokens.get(key) if base_model_output else None,
         )
+        samples += self._ds2d_speedup(samples, prompt_id)
         self._store(samples, warmup)
         if not warmup:
             self.store.add_output(self.run_id, self.variant.key, self.target.info.key, self.repetition,
                                   prompt_id, event.get("adapter"), event["text"], event["token_ids"])
+
+    def _ds2d_speedup(self, samples: list[counters.Sample], prompt_id: str) -> list[counters.Sample]:
+        """DS2D decode rate over its greedy twin's for the same prompt and repetition."""
+        rate = next((s.value for s in samples if s.metric == "decode_tokens_per_s"), None)
+        if rate is None:
+            return []
+        key = (self.target.info.key, self.repetition, prompt_id)
+        if self.variant.decoding == "greedy":
+            self.baseline.decode_rates[(self.variant.key, *key)] = rate
+            return []
+        twin = replace(self.variant, decoding="greedy").key
+        greedy = self.baseline.decode_rates.get((twin, *key))
+        return [] if greedy is None else [counters.Sample("ds2d_speedup", rate / greedy, self.repetition, prompt_id)]
 
     def _store(self, samples: list[counters.Sample], warmup: bool = False) -> None:
         self.store.add_samples(self.run_id, self.variant.key, self.target.info.key, samples, warmup)

@@ -38,6 +38,7 @@ class Job:
     warmup: int
     emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
+    adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -59,25 +60,29 @@ def run(job: Job) -> None:
     import torch
 
     from harness.engine import load_engine
+    from harness.serving import VariantServer
 
     start = time.perf_counter()
     engine = load_engine(job.model, job.variant["precision"])
     # The KV cache holds the longest request of this workload, as a deployment sized for it would.
     longest = max(len(engine.tokenizer.encode(_text(engine, p))) for p in job.prompts)
-    engine.reserve(longest + job.max_new_tokens)
+    adapters_dir = Path(job.adapters_dir) if job.adapters_dir else None
+    server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens)
     load_ms = (time.perf_counter() - start) * 1e3
     emit(
         "loaded",
         load_ms=load_ms,
         weights_bytes=engine.weights_bytes,
         kv_cache_bytes=engine.kv_cache_bytes(),
+        adapter_bytes=server.adapter_bytes,
         engine={"name": "reference", "torch": torch.__version__, "threads": torch.get_num_threads()},
     )
     warmups = [job.prompts[i % len(job.prompts)] for i in range(job.warmup)]
     outputs = {}
     for index, prompt in enumerate(warmups + job.prompts):
-        outputs[prompt["id"]] = _request(engine, prompt, job.max_new_tokens, warmup=index < len(warmups))
+        outputs[prompt["id"]] = _request(server, prompt, job.max_new_tokens, warmup=index < len(warmups))
     emit("measured")
+    server.restore_base()  # fidelity is of the variant's weights, without adapters
     _fidelity(engine, job, outputs)
     emit("done")
 
@@ -94,24 +99,29 @@ def _fidelity(engine, job: Job, outputs: dict[str, tuple[list[int], list[int]]])
             emit("fidelity", prompt_id=prompt_id, kld=kld)
 
 
-def _request(engine, prompt: dict, max_new_tokens: int, warmup: bool) -> tuple[list[int], list[int]]:
+def _request(server, prompt: dict, max_new_tokens: int, warmup: bool) -> tuple[list[int], list[int]]:
+    """Serve one prompt; one "sample" event per output (per adapter or stream)."""
+    tokenizer = server.engine.tokenizer
     start = time.perf_counter()
-    ids = engine.tokenizer.encode(_text(engine, prompt))
-    offset = time.perf_counter() - start  # generation's clock starts after tokenizing
-    generation = engine.generate(ids, max_new_tokens)
-    output = engine.tokenizer.decode(generation.token_ids)
-    e2e = time.perf_counter() - start
-    emit(
-        "sample",
-        prompt_id=prompt["id"],
-        warmup=warmup,
-        prompt_tokens=generation.prompt_tokens,
-        token_ids=generation.token_ids,
-        text=output,
-        token_times_s=[offset + t for t in generation.token_times],
-        e2e_s=e2e,
-    )
-    return ids, generation.token_ids
+    ids = tokenizer.encode(_text(server.engine, prompt))
+    offset = time.perf_counter() - start  # serving's clock starts after tokenizing
+    outputs = server.serve(ids, max_new_tokens)
+    for output in outputs:
+        decode_start = time.perf_counter()
+        text = tokenizer.decode(output.generation.token_ids)
+        emit(
+            "sample",
+            prompt_id=prompt["id"],
+            adapter=output.adapter,
+            warmup=warmup,
+            prompt_tokens=output.generation.prompt_tokens,
+            token_ids=output.generation.token_ids,
+            text=text,
+            token_times_s=[offset + t for t in output.generation.token_times],
+            e2e_s=offset + output.seconds + (time.perf_counter() - decode_start),
+            stats=output.stats,
+        )
+    return ids, outputs[0].generation.token_ids
 
 
 def _text(engine, prompt: dict) -> str:

@@ -35,11 +35,6 @@ LoraMode = Literal["runtime", "merged"]
 Prefill = Literal["per_stream", "shared"]
 MODELS = ("smollm2-135m-instruct",)
 
-# What the reference engine can run today; declared values outside this are rejected
-# with "not supported yet" instead of failing half-way through a run.
-SUPPORTED = {"precision": {"fp32", "fp16"}, "streams": {1}, "decoding": {"greedy"}}
-SUPPORTS_ADAPTERS = False
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,19 +81,17 @@ class Variant:
         return cls(**{**fields, "adapters": tuple(fields.get("adapters", ()))})
 
     def problem(self) -> str | None:
-        """Why this combination cannot run, or None."""
-        for field, allowed in SUPPORTED.items():
-            if getattr(self, field) not in allowed:
-                return f"{field} {getattr(self, field)!r} is not supported yet; supported: " + ", ".join(
-                    str(v) for v in sorted(allowed, key=str))
-        if self.adapters and not SUPPORTS_ADAPTERS:
-            return "adapters are not supported yet; supported: []"
+        """Why this combination cannot run, or None (checked at load, not half-way through a run)."""
         if self.streams > 1 and len(self.adapters) not in (0, self.streams):
             return f"{self.streams} streams need {self.streams} adapters (one per stream) or none"
         if self.streams > 1 and self.decoding != "greedy":
             return f"decoding {self.decoding!r} runs one stream; multi-stream decoding is greedy"
         if self.lora_mode == "merged" and (self.streams > 1 or not self.adapters):
             return "lora_mode 'merged' needs adapters and one stream (merged weights serve one adapter at a time)"
+        if self.lora_mode == "merged" and self.precision == "int4":
+            return "lora_mode 'merged' needs fp32 or fp16 weights (merging into int4 would requantize)"
+        if self.adapters and self.decoding != "greedy":
+            return f"decoding {self.decoding!r} with adapters is not supported yet; supported: greedy"
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
         return None
@@ -271,10 +264,9 @@ def load_scenario(path: str | Path) -> Scenario:
                                f"kinds: {', '.join(sorted({p.kind for p in prompts}))}")
     adapters_dir = (path.parent / spec.adapters_dir).resolve()
     _check_adapters(path, adapters_dir, variants)
-    # Baseline first: agreement_with_baseline for the others can then be computed
-    # as soon as each of their samples exists.
-    variants.remove(baseline)
-    variants.insert(0, baseline)
+    # Baseline first and greedy before DS2D: agreement_with_baseline and ds2d_speedup can
+    # then be computed as soon as each sample exists.
+    variants.sort(key=lambda v: (v != baseline, v.decoding == "ds2d"))
 
     digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
     return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)

@@ -7,6 +7,9 @@ import pytest
 from conftest import harness
 from harness.metrics import METRICS
 
+# Every counter a plain greedy variant reports (technique counters need DS2D, adapters or streams).
+CORE = ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "itl_ms", "e2e_ms", "peak_rss_bytes",
+        "weights_bytes", "kv_cache_bytes", "exact_match", "agreement_with_baseline", "kld_vs_baseline"]
 SUMMARY_KEYS = {"unit", "median", "mean", "stdev", "ci95", "n", "samples"}
 
 
@@ -28,7 +31,7 @@ def test_json_has_the_documented_names(smoke_run) -> None:
         assert all(o["text"] and o["token_ids"] for o in result["outputs"])
 
 
-@pytest.mark.parametrize("name", list(METRICS))
+@pytest.mark.parametrize("name", CORE)
 def test_every_counter_has_at_least_3_samples(smoke_run, name: str) -> None:
     for result in smoke_run.document["results"]:
         if name == "kld_vs_baseline" and result["variant"]["precision"] == "fp32":

@@ -32,7 +32,8 @@ def test_hash_changes_when_prompts_change(tmp_path) -> None:
 
 BAD = {
     "unknown precision": ({"variants": {"precision": ["fp32", "int3"]}}, "variants.precision.1", "'fp32', 'fp16' or 'int4'"),
-    "not supported yet": ({"variants": {"precision": ["int4"]}}, "variants", "not supported yet"),
+    "not supported yet": ({"variants": {"decoding": ["ds2d"], "adapters": [["formal"]]}}, "variants",
+                          "ds2d' with adapters is not supported yet; supported: greedy"),
     "negative repetitions": ({"workload": {"prompts": "prompts.jsonl", "repetitions": -1}}, "workload.repetitions", "greater than 0"),
     "missing prompts file": ({"workload": {"prompts": "nowhere.jsonl"}}, "workload.prompts", "file not found"),
     "unknown key": ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
@@ -88,11 +89,10 @@ def test_variant_keys_name_non_default_modes() -> None:
     ({"streams": 2, "decoding": "ds2d"}, "multi-stream decoding is greedy"),
     ({"lora_mode": "merged"}, "'merged' needs adapters and one stream"),
     ({"prefill": "shared"}, "'shared' needs more than one stream"),
+    ({"precision": "int4", "adapters": ("a",), "lora_mode": "merged"}, "merging into int4 would requantize"),
 ])
-def test_impossible_combinations_are_named(fields: dict, problem: str, monkeypatch) -> None:
-    monkeypatch.setattr("harness.scenario.SUPPORTED", {})
-    monkeypatch.setattr("harness.scenario.SUPPORTS_ADAPTERS", True)
-    assert problem in Variant("fp32", **fields).problem()
+def test_impossible_combinations_are_named(fields: dict, problem: str) -> None:
+    assert problem in Variant(**{"precision": "fp32", **fields}).problem()
 
 
 def test_budget_against_and_kind_are_checked(tmp_path) -> None:

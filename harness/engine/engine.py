@@ -1,6 +1,7 @@
-"""The reference engine: a dequantized GGUF model in PyTorch at a chosen precision."""
+"""The reference engine: a GGUF model in PyTorch at a chosen precision (dequantized, or int4: int4.py)."""
 import torch
 
+from harness.engine import int4
 from harness.engine.generate import Generation, greedy
 from harness.engine.gguf_file import model_config, model_path, read_gguf, state_dict
 from harness.engine.model import Transformer
@@ -14,13 +15,14 @@ class Engine:
         self.tokenizer = tokenizer
         self.precision = precision
         self.dtype = get_precision(precision).dtype  # of activations and the KV cache
-        self.weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # parameters and persistent buffers (int4 codes, scales and zeros); not the KV cache or RoPE tables
+        self.weights_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
-    def reserve(self, max_seq_len: int) -> None:
-        """Allocate the KV cache for sequences of up to `max_seq_len` tokens (prompt + output)."""
+    def reserve(self, max_seq_len: int, batch: int = 1) -> None:
+        """Allocate the KV cache: `batch` rows (streams) of up to `max_seq_len` tokens (prompt + output)."""
         if not 1 <= max_seq_len <= self.model.config.max_context:
             raise ValueError(f"max_seq_len must be in 1..{self.model.config.max_context}, got {max_seq_len}")
-        self.model.setup_caches(max_batch_size=1, max_seq_len=max_seq_len, dtype=self.dtype)
+        self.model.setup_caches(max_batch_size=batch, max_seq_len=max_seq_len, dtype=self.dtype)
 
     def kv_cache_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for name, b in self.model.named_buffers() if "kv_cache" in name)
@@ -45,7 +47,9 @@ def load_engine(name: str, precision: str, *, max_seq_len: int | None = None) ->
     config = model_config(gguf.metadata)
     with torch.device("meta"):
         model = Transformer(config)
-    model.load_state_dict(state_dict(gguf, spec.dtype), assign=True)
+        if spec.int4:
+            int4.swap_weights(model)
+    model.load_state_dict(int4.state_dict(gguf) if spec.int4 else state_dict(gguf, spec.dtype), assign=True)
     model.requires_grad_(False).eval()
     engine = Engine(model, Tokenizer.from_gguf_metadata(gguf.metadata), precision)
     if max_seq_len is not None:

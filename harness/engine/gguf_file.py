@@ -1,6 +1,7 @@
-"""Locate a packaged GGUF file and read its metadata, model config and float32 tensors."""
+"""Locate a packaged GGUF file and read its metadata, model config, float32 tensors and Q4_1 blocks."""
 import importlib.metadata
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,30 @@ def read_gguf(path: pathlib.Path) -> GGUFFile:
 def dequantized(tensor: gguf.ReaderTensor) -> np.ndarray:
     """float32 in numpy order ([out, in] for linears)."""
     return _float32(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+
+
+def q4_1_blocks(tensor: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_1 tensor's blocks of 32 weights as stored, w = d * q + m (no rounding).
+
+    -> d, m: [N, K/32] float32 (fp16 in the file), q: [N, K] uint8 in 0..15.
+    A block is 20 bytes: fp16 d, fp16 m, 16 bytes whose byte j holds q_j (low nibble) and q_16+j (high).
+    """
+    if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1:
+        raise ValueError(f"{tensor.name} is {tensor.tensor_type.name}, not Q4_1")
+    block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_1][1]  # 20
+    blocks = torch.from_numpy(np.array(tensor.data)).view(tensor.data.shape[0], -1, block_bytes)  # [N, K/32, 20]
+    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
+    m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+    nibbles = blocks[..., 4:]  # [N, K/32, 16]
+    q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1)  # [N, K/32, 32]
+    return d, m, q.flatten(1)
+
+
+def rows_dequantized(tensor: gguf.ReaderTensor, chunk_rows: int) -> Iterator[torch.Tensor]:
+    """A 2-D tensor as float32 [chunk_rows, K] pieces, so a large one is never all float32 at once."""
+    for start in range(0, tensor.data.shape[0], chunk_rows):
+        rows = tensor.data[start : start + chunk_rows]
+        yield torch.from_numpy(_float32(gguf.quants.dequantize(rows, tensor.tensor_type)))
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
@@ -86,7 +111,12 @@ def state_dict(file: GGUFFile, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     One tensor is dequantized at a time, so the float32 copy of the whole model never
     exists and peak memory reflects the precision held.
     """
-    return {_param_name(t.name): torch.from_numpy(dequantized(t)).to(dtype) for t in file.tensors}
+    return {name: torch.from_numpy(dequantized(t)).to(dtype) for name, t in named_tensors(file)}
+
+
+def named_tensors(file: GGUFFile) -> Iterator[tuple[str, gguf.ReaderTensor]]:
+    """(Transformer parameter name, tensor as stored) for each tensor of the file."""
+    return ((_param_name(t.name), t) for t in file.tensors)
 
 
 def _param_name(gguf_name: str) -> str:

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -9,10 +10,18 @@ from torch import Tensor
 @dataclass(frozen=True)
 class Precision:
     name: str
-    dtype: torch.dtype  # weights, activations and KV cache
+    dtype: torch.dtype  # activations and KV cache; also the weights, unless int4
+    int4: bool = False  # int4 linears, int8 embedding/LM head, float32 norms (harness/engine/int4.py)
 
 
-_PRECISIONS = {p.name: p for p in (Precision("fp32", torch.float32), Precision("fp16", torch.float16))}
+_PRECISIONS = {
+    p.name: p
+    for p in (
+        Precision("fp32", torch.float32),
+        Precision("fp16", torch.float16),
+        Precision("int4", torch.bfloat16, int4=True),  # bf16: the int4 kernel's fast inputs (int4.ACTIVATIONS)
+    )
+}
 PRECISIONS = tuple(_PRECISIONS)
 
 FP16_NATIVE_MAX_ROWS = 8
@@ -24,8 +33,10 @@ def get_precision(name: str) -> Precision:
     return _PRECISIONS[name]
 
 
-def linear(x: Tensor, weight: Tensor) -> Tensor:
+def linear(x: Tensor, weight: Tensor | nn.Module) -> Tensor:
     """x @ weight.T in x's dtype; fp16 weights stay stored in fp16 either way.
+
+    A quantized weight is a module that computes x @ weight.T itself (int4.Int4Weight: bf16 out).
 
     This CPU (AVX-512, no AVX512-FP16/AMX-FP16) has no fast fp16 GEMM in PyTorch 2.13: a
     native fp16 matmul costs about the same per row as a gemv, so it wins while decoding
@@ -43,6 +54,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
 
     greedy decode, 64 tokens: fp32 55 ms/token, fp16 (chosen) 23 ms/token.
     """
+    if isinstance(weight, nn.Module):
+        return weight(x)
     rows = x.numel() // x.shape[-1]
     if weight.dtype == torch.float16 and rows > FP16_NATIVE_MAX_ROWS:
         return F.linear(x.float(), weight.float()).to(x.dtype)
