@@ -36,7 +36,7 @@ def request_samples(event: dict, repetition: int, reference: str | list[str] | N
         samples.append(Sample("ttft_ms", ttft * 1e3, repetition, prompt_id))
         samples.append(Sample("prefill_tokens_per_s", event["prompt_tokens"] / ttft, repetition, prompt_id))
     if len(times) >= 2:
-        samples.append(Sample("decode_tokens_per_s", (len(times) - 1) / (times[-1] - times[0]), repetition, prompt_id))
+        samples.append(Sample("decode_tokens_per_s", decode_rate(times), repetition, prompt_id))
         samples += [Sample("itl_ms", (b - a) * 1e3, repetition, prompt_id) for a, b in zip(times, times[1:])]
     if reference is not None:
         samples.append(Sample("exact_match", exact_match(event["text"], reference), repetition, prompt_id))
@@ -44,6 +44,11 @@ def request_samples(event: dict, repetition: int, reference: str | list[str] | N
         samples.append(Sample("agreement_with_baseline", agreement(event["token_ids"], baseline_tokens),
                               repetition, prompt_id))
     return samples + technique_samples(event, repetition)
+
+
+def decode_rate(token_times: list[float]) -> float:
+    """Decode tokens/s: tokens after the first over the time from the first to the last."""
+    return (len(token_times) - 1) / (token_times[-1] - token_times[0])
 
 
 def technique_samples(event: dict, repetition: int) -> list[Sample]:

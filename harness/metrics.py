@@ -43,7 +43,8 @@ METRICS: dict[str, Metric] = {
         Metric("plain_step_share", "ratio", "lower", "request", "DS2D: share of decode steps run without a draft"),
         Metric("draft_ms", "ms", "lower", "request", "DS2D: time spent drafting per request"),
         Metric("verify_ms", "ms", "lower", "request", "DS2D: time spent in verification forwards per request"),
-        Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / the same variant's greedy decode tokens/s, same prompt and repetition"),
+        Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / plain greedy decode tokens/s on the same prompt, paired in the same runner process"),
+        Metric("matches_greedy", "ratio", "higher", "request", "DS2D: 1 if the output's tokens equal plain greedy decoding's on the same engine, else 0"),
         *(Metric(f"acceptance_depth_{d}", "ratio", "higher", "request", f"DS2D: share of draft steps whose accepted path reached depth {d}")
           for d in range(1, 9)),
     )
@@ -51,7 +52,7 @@ METRICS: dict[str, Metric] = {
 
 # Technique counters the runner reports in a sample's "stats", stored under the same names.
 STATS_METRICS = ("adapter_switch_ms", "multistream_speedup", "tokens_per_step", "acceptance_rate",
-                 "plain_step_share", "draft_ms", "verify_ms")
+                 "plain_step_share", "draft_ms", "verify_ms", "ds2d_speedup", "matches_greedy")
 
 
 def metric(name: str) -> Metric:

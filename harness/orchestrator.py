@@ -8,7 +8,6 @@ A failed run stores its reason and the scenario goes on with the rest.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
 from harness import __version__, counters
@@ -67,14 +66,11 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
 
 
 class _BaselineOutputs:
-    """What reference variants produced, per (target, repetition, prompt): the baseline's
-    tokens and teacher data, and greedy decode rates for DS2D twins."""
+    """What the baseline variant produced, per (target, repetition, prompt): its tokens and teacher data."""
 
     def __init__(self) -> None:
         self.tokens: dict[tuple[str, int, str], list[int]] = {}
         self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
-        # greedy variants' decode rates per (variant, target, repetition, prompt), for ds2d_speedup
-        self.decode_rates: dict[tuple[str, str, int, str], float] = {}
 
 
 class _Measurement:
@@ -125,24 +121,10 @@ class _Measurement:
             event, self.repetition, self.references[prompt_id],
             self.baseline.tokens.get(key) if base_model_output else None,
         )
-        samples += self._ds2d_speedup(samples, prompt_id)
         self._store(samples, warmup)
         if not warmup:
             self.store.add_output(self.run_id, self.variant.key, self.target.info.key, self.repetition,
                                   prompt_id, event.get("adapter"), event["text"], event["token_ids"])
-
-    def _ds2d_speedup(self, samples: list[counters.Sample], prompt_id: str) -> list[counters.Sample]:
-        """DS2D decode rate over its greedy twin's for the same prompt and repetition."""
-        rate = next((s.value for s in samples if s.metric == "decode_tokens_per_s"), None)
-        if rate is None:
-            return []
-        key = (self.target.info.key, self.repetition, prompt_id)
-        if self.variant.decoding == "greedy":
-            self.baseline.decode_rates[(self.variant.key, *key)] = rate
-            return []
-        twin = replace(self.variant, decoding="greedy").key
-        greedy = self.baseline.decode_rates.get((twin, *key))
-        return [] if greedy is None else [counters.Sample("ds2d_speedup", rate / greedy, self.repetition, prompt_id)]
 
     def _store(self, samples: list[counters.Sample], warmup: bool = False) -> None:
         self.store.add_samples(self.run_id, self.variant.key, self.target.info.key, samples, warmup)

@@ -264,9 +264,9 @@ def load_scenario(path: str | Path) -> Scenario:
                                f"kinds: {', '.join(sorted({p.kind for p in prompts}))}")
     adapters_dir = (path.parent / spec.adapters_dir).resolve()
     _check_adapters(path, adapters_dir, variants)
-    # Baseline first and greedy before DS2D: agreement_with_baseline and ds2d_speedup can
-    # then be computed as soon as each sample exists.
-    variants.sort(key=lambda v: (v != baseline, v.decoding == "ds2d"))
+    # Baseline first: agreement_with_baseline and kld_vs_baseline are then computed as soon
+    # as each sample exists.
+    variants.sort(key=lambda v: v != baseline)
 
     digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
     return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)

@@ -1,6 +1,9 @@
 """How one variant serves a request with the reference engine: the paper's techniques.
 
 - greedy or DS2D decoding, one stream (DS2D keeps its budget controller across requests);
+  each DS2D request is paired with a plain greedy run of the same prompt in the same
+  process (order alternating), so `ds2d_speedup` and `matches_greedy` compare like with
+  like instead of two processes run minutes apart;
 - adapters on one stream: each request is served once per adapter, switching between
   them as a multi-task app would; `runtime` mode switches by a new adapter index into
   the bank passed to the forward, `merged` mode copies prepared merged weights in;
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.counters import decode_rate
 from harness.engine import Engine, ds2d
 from harness.engine.generate import Generation
 from harness.engine.lora import AdapterBank, load_peft, load_weights, merged_sets
@@ -41,6 +45,7 @@ class VariantServer:
         extra = DS2D_EXTRA_SLOTS if variant["decoding"] == "ds2d" else 0
         engine.reserve(max_seq_len + extra, batch=variant["streams"])
         self.controller = ds2d.BudgetController()
+        self.requests = 0
 
     @property
     def adapter_bytes(self) -> int:
@@ -58,15 +63,29 @@ class VariantServer:
             return self._streams(prompt_ids, max_new_tokens)
         if self.variant["adapters"]:
             return [self._with_adapter(prompt_ids, max_new_tokens, name) for name in self.variant["adapters"]]
-        start = time.perf_counter()
-        generation = self._decode(prompt_ids, max_new_tokens)
-        return [Output(None, generation, time.perf_counter() - start, dict(generation.stats))]
-
-    def _decode(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        model, eos = self.engine.model, self.engine.tokenizer.eos_id
         if self.variant["decoding"] == "ds2d":
-            return ds2d.generate(model, prompt_ids, max_new_tokens, eos, controller=self.controller)
-        return self.engine.generate(prompt_ids, max_new_tokens)
+            return [self._ds2d_paired(prompt_ids, max_new_tokens)]
+        start = time.perf_counter()
+        generation = self.engine.generate(prompt_ids, max_new_tokens)
+        return [Output(None, generation, time.perf_counter() - start, {})]
+
+    def _ds2d_paired(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
+        """DS2D, and plain greedy on the same prompt as its reference; the output is DS2D's."""
+        self.requests += 1
+        eos = self.engine.tokenizer.eos_id
+        runs: dict[str, tuple[Generation, float]] = {}
+        for decoding in ("ds2d", "greedy") if self.requests % 2 else ("greedy", "ds2d"):
+            start = time.perf_counter()
+            if decoding == "ds2d":
+                generation = ds2d.generate(self.engine.model, prompt_ids, max_new_tokens, eos, controller=self.controller)
+            else:
+                generation = self.engine.generate(prompt_ids, max_new_tokens)
+            runs[decoding] = generation, time.perf_counter() - start
+        (drafted, seconds), (greedy, _) = runs["ds2d"], runs["greedy"]
+        stats = dict(drafted.stats, matches_greedy=float(drafted.token_ids == greedy.token_ids))
+        if len(drafted.token_times) >= 2 and len(greedy.token_times) >= 2:
+            stats["ds2d_speedup"] = decode_rate(drafted.token_times) / decode_rate(greedy.token_times)
+        return Output(None, drafted, seconds, stats)
 
     def _with_adapter(self, prompt_ids: list[int], max_new_tokens: int, name: str) -> Output:
         start = time.perf_counter()

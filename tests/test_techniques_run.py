@@ -1,0 +1,80 @@
+"""The paper's techniques through the whole pipeline: scenario -> runner -> store -> JSON.
+
+Engine-level correctness lives in test_ds2d, test_lora, test_multistream and test_int4;
+this checks that each technique's counters reach the results document, with the lossless
+DS2D check (matches_greedy) run in fp32 where it must hold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, harness, write_scenario
+
+PROMPTS = [
+    {"id": "sum", "kind": "summarize", "prompt": "Summarize in one sentence: The lighthouse keeper lit the lamp "
+     "every night. Ships passed safely. The lighthouse keeper lit the lamp every night for forty years."},
+    {"id": "open", "kind": "open", "prompt": "Write a short sentence about the sea."},
+]
+STYLES = ["formal", "jovial"]
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("techniques")
+    scenario = write_scenario(
+        folder, PROMPTS,
+        variants={"precision": ["fp32"], "include": [
+            {"precision": "fp32", "decoding": "ds2d"},
+            {"precision": "fp32", "adapters": STYLES},
+            {"precision": "fp32", "adapters": STYLES, "lora_mode": "merged"},
+            {"precision": "fp32", "streams": 2, "adapters": STYLES},
+        ]},
+        baseline={"precision": "fp32", "decoding": "greedy", "adapters": []},
+        adapters_dir=str(REPO / "fixtures" / "adapters"),
+        workload={"prompts": "prompts.jsonl", "max_new_tokens": 10, "repetitions": 1, "warmup": 0},
+    )
+    out = folder / "results.json"
+    process = harness("run", str(scenario), "--db", str(folder / "r.sqlite"), "--json", str(out),
+                      "--report", str(folder / "r.html"))
+    assert process.returncode == 0, process.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def result(document: dict, **variant) -> dict:
+    return next(r for r in document["results"] if variant.items() <= r["variant"].items())
+
+
+def test_ds2d_reports_its_counters_and_matches_greedy_in_fp32(document: dict) -> None:
+    metrics = result(document, decoding="ds2d")["metrics"]
+    for name in ("tokens_per_step", "acceptance_rate", "draft_ms", "verify_ms", "ds2d_speedup", "plain_step_share"):
+        assert metrics[name]["n"] == len(PROMPTS), name
+    assert metrics["matches_greedy"]["samples"] == [1.0] * len(PROMPTS)
+    assert metrics["ds2d_speedup"]["median"] > 0
+
+
+def test_adapter_variants_report_switch_time_and_bank_bytes(document: dict) -> None:
+    runtime = result(document, streams=1, adapters=STYLES, lora_mode="runtime")
+    merged = result(document, streams=1, adapters=STYLES, lora_mode="merged")
+    assert runtime["metrics"]["adapter_switch_ms"]["n"] == len(PROMPTS) * len(STYLES)
+    # merged mode holds a copy of every adapted weight per adapter on top of the bank
+    assert merged["metrics"]["adapter_bytes"]["median"] > 10 * runtime["metrics"]["adapter_bytes"]["median"]
+    assert {o["adapter"] for o in runtime["outputs"]} == set(STYLES)
+
+
+def test_runtime_and_merged_adapters_give_the_same_tokens(document: dict) -> None:
+    def tokens(r: dict) -> dict:
+        return {(o["prompt_id"], o["adapter"]): o["token_ids"] for o in r["outputs"]}
+    runtime = result(document, streams=1, adapters=STYLES, lora_mode="runtime")
+    merged = result(document, streams=1, adapters=STYLES, lora_mode="merged")
+    assert tokens(runtime) == tokens(merged)
+
+
+def test_multistream_reports_speedup_and_one_output_per_stream(document: dict) -> None:
+    streams = result(document, streams=2)
+    assert streams["metrics"]["multistream_speedup"]["n"] == len(PROMPTS)
+    assert sorted((o["prompt_id"], o["adapter"]) for o in streams["outputs"]) == sorted(
+        (p["id"], s) for p in PROMPTS for s in STYLES)
