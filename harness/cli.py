@@ -7,6 +7,7 @@ User errors (HarnessError) become one line on stderr and exit code 2, here and o
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from datetime import datetime
@@ -200,8 +201,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             console.print(f"{device.serial}: {device.profile.model} ({device.profile.props['ro.soc.model']}), "
                           f"sandbox {device.root}")
         console.print(f"adb server on 127.0.0.1:{server.port} (adb -P {server.port} devices -l)")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the sandboxes are removed
         try:
             server.serve_forever()
+        except KeyboardInterrupt:
+            pass
         finally:
             server.close()
     return 0
