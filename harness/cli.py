@@ -1,4 +1,4 @@
-"""The `harness` command: run scenarios, render reports, list stored runs.
+"""The `harness` command: run scenarios, render reports, list stored runs and adb devices.
 
 User errors (HarnessError) become one line on stderr and exit code 2, here and only here.
 `harness run` exits 1 when a variant failed or a budget was missed.
@@ -172,7 +172,8 @@ def _cell(metric: dict | None) -> str:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    table = Table("serial", "model", "SoC", "platform", "SDK", "emulated", "fingerprint")
+    table = Table("serial", "model", "SoC", "platform", "SDK", "emulated")
+    table.add_column("fingerprint", overflow="fold")
     for target in open_adb_targets(None):
         info = target.info
         table.add_row(info.serial, info.model, info.soc, info.platform, info.sdk, "yes" if info.emulated else "no",

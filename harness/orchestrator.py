@@ -20,6 +20,7 @@ from harness.runner import Job
 from harness.scenario import Scenario, Variant, load_scenario
 from harness.store import Store
 from harness.targets import Target, TargetError, open_targets
+from harness.targets.android import Hygiene
 
 Step = Callable[[str], None]
 
@@ -33,9 +34,13 @@ def total_steps(scenario: Scenario, n_targets: int) -> int:
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
     """The targets of the scenario, or those given with --target instead."""
     try:
-        return [t for spec in (override or scenario.spec.targets) for t in open_targets(spec)]
+        targets = [t for spec in (override or scenario.spec.targets) for t in open_targets(spec)]
     except ValueError as exc:
         raise HarnessError(f"--target: {exc}") from None
+    for target in targets:
+        if hasattr(target, "hygiene"):  # device targets follow the scenario's device rules
+            target.hygiene = Hygiene(**scenario.spec.device.model_dump())
+    return targets
 
 
 def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None) -> str:

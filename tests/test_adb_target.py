@@ -14,7 +14,7 @@ from conftest import harness, write_scenario
 from harness.emulator import AdbServer
 from harness.emulator.control import inject
 from harness.errors import HarnessError
-from harness.orchestrator import resume_run, run_scenario
+from harness.orchestrator import resolve_targets, resume_run, run_scenario
 from harness.runner import Job
 from harness.scenario import load_scenario
 from harness.store import Store
@@ -181,6 +181,19 @@ def test_hot_device_fails_after_its_cool_down(server) -> None:
             list(phone.run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=10))
     finally:
         inject(server.port, S25, "clear")
+
+
+def test_scenario_device_rules_reach_the_adb_targets(server, tmp_path) -> None:
+    rules = {"max_thermal_status": 2, "max_temp_c": 40.0, "cooldown_s": 0, "charging": "fail"}
+    scenario = load_scenario(write_scenario(tmp_path, targets=["adb"], device=rules))
+    targets = resolve_targets(scenario)
+    assert len(targets) == 2
+    assert all((t.hygiene.max_thermal_status, t.hygiene.max_temp_c, t.hygiene.cooldown_s, t.hygiene.charging)
+               == (2, 40.0, 0, "fail") for t in targets)
+    with pytest.raises(TargetError, match=r"^device is charging \(usb\)"):  # the emulated phones are on USB
+        list(targets[0].run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=10))
+    bad = harness("run", str(write_scenario(tmp_path / "bad", device={"max_thermal_status": 9})))
+    assert bad.returncode == 2 and "device.max_thermal_status" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # -- deployment and quoting -----------------------------------------------------------------

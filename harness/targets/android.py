@@ -134,8 +134,8 @@ class Hygiene:
         or charges when that is forbidden. Returns the state, with warnings."""
         start = time.monotonic()
         state = read()
-        while self.hot(state) and time.monotonic() - start < self.cooldown_s:
-            sleep(self.poll_s)
+        while self.hot(state) and (left := self.cooldown_s - (time.monotonic() - start)) > 0:
+            sleep(min(self.poll_s, left))
             state = read()
         if self.hot(state):
             raise ValueError(
