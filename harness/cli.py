@@ -23,7 +23,7 @@ from harness.emulator import PROFILES, AdbServer
 from harness.emulator.control import inject
 from harness.emulator.device import FAULTS
 from harness.errors import HarnessError
-from harness.orchestrator import resume_run, resolve_targets, run_scenario, total_steps
+from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
 from harness.report import write_html
 from harness.results import build_results, write_json
 from harness.scenario import load_scenario
@@ -87,21 +87,24 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     if (args.scenario is None) == (args.resume is None):
         raise HarnessError("harness run: give a scenario file, or --resume RUN_ID (not both)")
+    if args.resume:
+        store = _existing_store(args.db)
+        scenario, targets = resumable(store, args.resume)
+    else:
+        scenario = load_scenario(args.scenario)
+        targets = resolve_targets(scenario, args.target)
+        store = Store(args.db)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("run", total=None)
+        task = progress.add_task(scenario.name, total=None if args.resume else total_steps(scenario, len(targets)))
 
         def step(what: str) -> None:
             progress.update(task, advance=1, description=what)
 
         if args.resume:
-            run_id, store = args.resume, _existing_store(args.db)
-            resume_run(store, run_id, on_step=step)
+            run_id = args.resume
+            resume_run(store, run_id, scenario, targets, on_step=step)
         else:
-            scenario = load_scenario(args.scenario)
-            targets = resolve_targets(scenario, args.target)
-            store = Store(args.db)
-            progress.update(task, total=total_steps(scenario, len(targets)))
             run_id = run_scenario(scenario, targets, store, on_step=step)
     document = build_results(store, run_id)
     verdicts = evaluate(document)

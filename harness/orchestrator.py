@@ -56,10 +56,8 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     return run_id
 
 
-def resume_run(store: Store, run_id: str, targets: list[Target] | None = None,
-               on_step: Step = lambda _: None) -> Scenario:
-    """Run what a stored run is missing: every repetition that did not finish ok, on the run's
-    targets (reopened by their keys unless given). Returns the run's scenario."""
+def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
+    """The scenario of a stored run (unchanged since) and its targets, reopened by their keys."""
     run = store.run(run_id)
     if run is None:
         raise HarnessError(f"{store.path}: --resume: no run {run_id!r} in the store")
@@ -67,10 +65,14 @@ def resume_run(store: Store, run_id: str, targets: list[Target] | None = None,
     if scenario.sha256 != run.scenario_sha256:
         raise HarnessError(f"{run.scenario_path}: changed since run {run_id} (sha256 differs); "
                            "a resumed run must measure the same scenario")
+    keys = list(dict.fromkeys(r.target_key for r in store.results(run_id)))
+    return scenario, [t for key in keys for t in resolve_targets(scenario, [key]) if t.info.key == key]
+
+
+def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
+               on_step: Step = lambda _: None) -> None:
+    """Run what a stored run is missing: every repetition that did not finish ok."""
     records = store.results(run_id)
-    if targets is None:
-        keys = list(dict.fromkeys(r.target_key for r in records))
-        targets = [t for key in keys for t in resolve_targets(scenario, [key]) if t.info.key == key]
     done = store.completed(run_id)
     for record in records:
         for repetition in range(scenario.spec.workload.repetitions):
@@ -82,7 +84,6 @@ def resume_run(store: Store, run_id: str, targets: list[Target] | None = None,
             if output["adapter"] is None:
                 baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
     _execute(scenario, targets, store, run_id, baseline, on_step, done)
-    return scenario
 
 
 def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,

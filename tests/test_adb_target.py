@@ -14,7 +14,7 @@ from conftest import harness, write_scenario
 from harness.emulator import AdbServer
 from harness.emulator.control import inject
 from harness.errors import HarnessError
-from harness.orchestrator import resolve_targets, resume_run, run_scenario
+from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario
 from harness.runner import Job
 from harness.scenario import load_scenario
 from harness.store import Store
@@ -137,7 +137,7 @@ def test_fault_is_stored_and_resume_goes_on(server, chain, index: int) -> None:
     if index == 0:
         chain["run_id"] = run_scenario(chain["scenario"], [target(S24)], store, on_step=_arm_once(server, fault))
     else:
-        resume_run(store, chain["run_id"], on_step=_arm_once(server, fault))
+        resume_run(store, chain["run_id"], *resumable(store, chain["run_id"]), on_step=_arm_once(server, fault))
     inject(server.port, S24, "clear")
     run_id = chain["run_id"]
     (result,) = store.results(run_id)

@@ -27,7 +27,7 @@ import adbutils
 from harness.errors import HarnessError
 from harness.runner import Job
 from harness.targets import TargetError, TargetInfo
-from harness.targets.android import IDENTITY_PROPS, STATE_COMMAND, DeviceState, Hygiene, energy_j, parse_getprop, parse_state
+from harness.targets.android import STATE_COMMAND, DeviceState, Hygiene, energy_j, parse_getprop, parse_state
 from harness.targets.runners import ReferenceRunner, RunnerAdapter
 
 FOLDER = "/data/local/tmp/hil-harness"
@@ -223,7 +223,6 @@ class AdbTarget:
             fingerprint=props.get("ro.build.fingerprint"),
             sdk=props.get("ro.build.version.sdk"),
         )
-        self.identity = {k: props[k] for k in IDENTITY_PROPS if k in props}
 
     def run(self, job: Job, timeout_s: float) -> Iterator[dict]:
         try:
@@ -254,8 +253,12 @@ class AdbTarget:
         pid = None
         try:
             first = next(lines, "")
-            pid = int(first) if first.strip().isdigit() else None
-            for line in lines if pid is not None else ():
+            if not first.strip().isdigit():  # the shell failed before starting the runner
+                for _ in lines:
+                    pass
+                raise TargetError(f"runner did not start (exit code {stream.exit_code}): {_last_line(stream.stderr)}")
+            pid = int(first)
+            for line in lines:
                 event = self.adapter.parse(line)
                 if event is None:
                     continue

@@ -13,9 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
-IDENTITY_PROPS = ("ro.product.model", "ro.soc.manufacturer", "ro.soc.model", "ro.board.platform",
-                  "ro.build.fingerprint", "ro.build.version.sdk", "ro.hil.emulated")
-
 # One shell round trip reads the whole state; sections are split on the marker line.
 _MARK = "@@hil@@"
 STATE_COMMAND = "; ".join((
