@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 # the native build crashes on AVX-512/AMX machines.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 demo: $(VENV)/.installed
 	$(BIN)/harness run scenarios/demo.yaml --report reports/demo.html --json reports/demo.json
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# Speed goals with budgets; meaningful only on an otherwise idle machine.
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -s tests/benchmarks scenarios/paper.yaml
 
 install: $(VENV)/.installed
 
