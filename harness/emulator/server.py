@@ -138,6 +138,8 @@ class _Connection:
                 self.fail(f"unknown host service '{request}'")
         except LookupError as exc:
             self.fail(str(exc.args[0]))
+        except ValueError:
+            self.fail(f"bad host service '{request}'")
 
     def host_command(self, command: str) -> None:
         if command == "version":
