@@ -4,9 +4,12 @@ state stored, faults stored as failed samples, `--resume` completes the run."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +17,7 @@ from conftest import harness, write_scenario
 from harness.emulator import AdbServer
 from harness.emulator.control import inject
 from harness.errors import HarnessError
-from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario
+from harness.orchestrator import resolve_targets, resumable, resume_run
 from harness.runner import Job
 from harness.scenario import load_scenario
 from harness.store import Store
@@ -43,35 +46,102 @@ def target(serial: str):
     return found
 
 
-# -- the scenario on two emulated phones and on the local target ------------------------------
+# -- one scenario on the local target and two emulated phones, the S25 under faults ----------
+
+FAULTS = [  # (fault armed on the S25 before an attempt, what its stored error says)
+    ("drop-push", f"device {S25} lost: connection closed"),
+    ("drop-run", f"device {S25} lost: connection closed"),
+    ("oom:64M", "runner exited with code 137 (killed by SIGKILL"),
+    ("full", f"device {S25}: push to {FOLDER}/job.json failed: write failed: No space left on device"),
+]
+
+
+@dataclass
+class Story:
+    first: subprocess.CompletedProcess  # `harness run` with the first fault armed
+    attempts: list[tuple[str, str, list]]  # (fault, stored error, samples of the other targets after it)
+    final: subprocess.CompletedProcess  # `harness run --resume`
+    document: dict  # the results after the resume
+    db: Path
+
 
 @pytest.fixture(scope="module")
-def both_targets(server, tmp_path_factory):
+def story(server, tmp_path_factory) -> Story:
+    """The scenario on local + both phones; the S25 fails under each fault in turn (first run,
+    then in-process resumes), and a last `harness run --resume` completes it."""
     folder = tmp_path_factory.mktemp("two-phones")
     scenario = write_scenario(folder, prompts=ONE_PROMPT, variants={"precision": ["fp16"]},
                               baseline={"precision": "fp16"},
                               workload={"prompts": "prompts.jsonl", "max_new_tokens": 3, "repetitions": 1, "warmup": 0})
-    out = folder / "results.json"
-    process = harness("run", str(scenario), "--target", "local", "--target", "adb", "--db", str(folder / "r.sqlite"),
-                      "--json", str(out), "--report", str(folder / "r.html"))
-    assert process.returncode == 0, process.stderr[-3000:]
-    return {r["target"]["name"]: r for r in json.loads(out.read_text())["results"]}
+    db = folder / "r.sqlite"
+    inject(server.port, S25, FAULTS[0][0])
+    first = harness("run", str(scenario), "--target", "local", "--target", "adb", "--db", str(db),
+                    "--report", str(folder / "first.html"))
+    inject(server.port, S25, "clear")
+    store = Store(db)
+    run_id = store.run().run_id
+    attempts = [(FAULTS[0][0], _error(store, run_id, S25), _others(store, run_id))]
+    for fault, _ in FAULTS[1:]:
+        inject(server.port, S25, fault)
+        resume_run(store, run_id, *resumable(store, run_id))
+        inject(server.port, S25, "clear")
+        attempts.append((fault, _error(store, run_id, S25), _others(store, run_id)))
+    final = harness("run", "--resume", run_id, "--db", str(db), "--json", str(folder / "final.json"),
+                    "--report", str(folder / "final.html"))
+    document = json.loads((folder / "final.json").read_text()) if final.returncode == 0 else {}
+    return Story(first, attempts, final, document, db)
 
 
-def test_two_phones_give_the_local_targets_counters(both_targets) -> None:
-    local = both_targets["local"]
+def _error(store: Store, run_id: str, serial: str) -> str | None:
+    return next(r.error for r in store.results(run_id) if r.target_key == f"adb:{serial}")
+
+
+def _others(store: Store, run_id: str) -> list:
+    return [(r.target_key, s) for r in store.results(run_id) if r.target_key != f"adb:{S25}"
+            for s in store.samples(run_id, r.variant_key, r.target_key)]
+
+
+def test_first_run_stores_the_fault_and_measures_the_rest(story) -> None:
+    assert story.first.returncode == 1, story.first.stderr[-3000:]  # a result failed
+    fault, error, others = story.attempts[0]
+    assert error.startswith("repetition 0: ") and FAULTS[0][1] in error
+    assert {key for key, _ in others} == {"local", f"adb:{S24}"}
+    assert {s.metric for _, s in others} >= {"e2e_ms", "peak_rss_bytes"}
+
+
+@pytest.mark.parametrize("index", range(1, len(FAULTS)), ids=[f for f, _ in FAULTS[1:]])
+def test_each_fault_is_a_clear_stored_error_and_loses_nothing(story, index: int) -> None:
+    fault, error, others = story.attempts[index]
+    assert fault == FAULTS[index][0]
+    assert error.startswith("repetition 0: ") and FAULTS[index][1] in error, error
+    assert others == story.attempts[0][2]  # the samples measured before are intact
+
+
+def test_resume_completes_the_run(story) -> None:
+    assert story.final.returncode == 0, story.final.stderr[-3000:]
+    assert story.document["run_status"] == "ok"
+    assert all(r["status"] == "ok" for r in story.document["results"])
+    db = sqlite3.connect(story.db)
+    per_target = db.execute("SELECT target_key, count(*) FROM samples WHERE metric='peak_rss_bytes' GROUP BY target_key")
+    assert dict(per_target) == {"local": 1, f"adb:{S24}": 1, f"adb:{S25}": 1}  # nothing measured twice
+    assert db.execute("SELECT count(*) FROM repetitions WHERE status='failed'").fetchone() == (0,)
+
+
+def test_two_phones_give_the_local_targets_counters(story) -> None:
+    results = {r["target"]["name"]: r for r in story.document["results"]}
+    local = results["local"]
     for serial in (S24, S25):
-        phone = both_targets[serial]
-        assert phone["status"] == "ok"
+        phone = results[serial]
         assert set(phone["metrics"]) == set(local["metrics"])
         assert {"peak_rss_bytes", "pss_bytes", "load_ms", "ttft_ms", "decode_tokens_per_s"} <= set(phone["metrics"])
         assert phone["outputs"] == local["outputs"]  # the same engine, greedy: the same tokens
         assert phone["metrics"]["peak_rss_bytes"]["median"] > phone["metrics"]["weights_bytes"]["median"]
 
 
-def test_results_are_labelled_emulated_with_identity(both_targets) -> None:
-    assert both_targets["local"]["target"]["emulated"] is False
-    s24, s25 = both_targets[S24]["target"], both_targets[S25]["target"]
+def test_results_are_labelled_emulated_with_identity(story) -> None:
+    results = {r["target"]["name"]: r for r in story.document["results"]}
+    assert results["local"]["target"]["emulated"] is False
+    s24, s25 = results[S24]["target"], results[S25]["target"]
     assert (s24["kind"], s24["model"], s24["soc"], s24["platform"], s24["sdk"]) == ("adb", "SM-S921U", "SM8650",
                                                                                     "pineapple", "34")
     assert (s25["model"], s25["soc"], s25["platform"]) == ("SM-S931U", "SM8750", "sun")
@@ -79,17 +149,19 @@ def test_results_are_labelled_emulated_with_identity(both_targets) -> None:
     assert s24["fingerprint"].startswith("samsung/e1qsqw/e1q:14/")
 
 
-def test_device_state_is_stored_with_each_repetition(both_targets) -> None:
-    assert "device_states" not in both_targets["local"]
-    states = both_targets[S24]["device_states"]
-    assert [(s["repetition"], s["phase"]) for s in states] == [(0, "before"), (0, "after")]
-    for state in states:
-        assert state["thermal_status"] == 0
-        assert state["temperatures_c"] == {"AP": 30.0, "BAT": 30.0, "SKIN": 30.0}
-        assert state["plugged"] == "usb" and state["battery_level"] == 100
-        assert state["cpu_freq_khz"] and all(f > 0 for f in state["cpu_freq_khz"].values())
-    assert any("charging" in w for w in states[0]["warnings"])  # on USB power: warned, no energy number
-    assert "energy_j" not in both_targets[S24]["metrics"]
+def test_device_state_is_stored_with_each_repetition(story) -> None:
+    results = {r["target"]["name"]: r for r in story.document["results"]}
+    assert "device_states" not in results["local"]
+    for serial in (S24, S25):
+        states = results[serial]["device_states"]
+        assert [(s["repetition"], s["phase"]) for s in states] == [(0, "before"), (0, "after")]
+        for state in states:
+            assert state["thermal_status"] == 0
+            assert state["temperatures_c"] == {"AP": 30.0, "BAT": 30.0, "SKIN": 30.0}
+            assert state["plugged"] == "usb" and state["battery_level"] == 100
+            assert state["cpu_freq_khz"] and all(f > 0 for f in state["cpu_freq_khz"].values())
+        assert any("charging" in w for w in states[0]["warnings"])  # on USB power: warned, no energy number
+        assert "energy_j" not in results[serial]["metrics"]
 
 
 def test_devices_command_lists_identity(server) -> None:
@@ -98,67 +170,19 @@ def test_devices_command_lists_identity(server) -> None:
     assert S24 in out.stdout and "SM-S921U" in out.stdout and "SM8750" in out.stdout
 
 
-# -- faults: each stores a failed repetition, keeps earlier samples, and --resume completes ----
-
-CHAIN = [  # (fault armed while a repetition runs, error of the next repetition)
-    ("drop-push", f"device {S24} lost: connection closed"),
-    ("drop-run", f"device {S24} lost: connection closed"),
-    ("hang", "runner timed out after 20 s (killed on the device)"),
-    ("oom:64M", "runner exited with code 137 (killed by SIGKILL"),
-    ("full", "No space left on device"),
-]
-
-
-@pytest.fixture(scope="module")
-def chain(server, tmp_path_factory):
-    """One run of len(CHAIN) + 1 repetitions on the S24; each test step arms the next fault."""
-    folder = tmp_path_factory.mktemp("faults")
-    path = write_scenario(folder, prompts=ONE_PROMPT, variants={"precision": ["fp16"]}, baseline={"precision": "fp16"},
-                          targets=[f"adb:{S24}"],
-                          workload={"prompts": "prompts.jsonl", "max_new_tokens": 2, "repetitions": len(CHAIN) + 1,
-                                    "warmup": 0, "timeout_s": 20})
-    return {"scenario": load_scenario(path), "store": Store(folder / "r.sqlite"), "db": folder / "r.sqlite"}
-
-
-def _arm_once(server, fault: str):
-    armed = []
-
-    def step(_: str) -> None:
-        if not armed:  # while this repetition runs: the fault hits the next one
-            inject(server.port, S24, fault)
-            armed.append(fault)
-    return step
-
-
-@pytest.mark.parametrize("index", range(len(CHAIN)), ids=[fault for fault, _ in CHAIN])
-def test_fault_is_stored_and_resume_goes_on(server, chain, index: int) -> None:
-    fault, error = CHAIN[index]
-    store = chain["store"]
-    if index == 0:
-        chain["run_id"] = run_scenario(chain["scenario"], [target(S24)], store, on_step=_arm_once(server, fault))
-    else:
-        resume_run(store, chain["run_id"], *resumable(store, chain["run_id"]), on_step=_arm_once(server, fault))
-    inject(server.port, S24, "clear")
-    run_id = chain["run_id"]
-    (result,) = store.results(run_id)
-    assert result.status == "failed"
-    assert result.error.startswith(f"repetition {index + 1}: ") and error in result.error, result.error
-    assert store.run(run_id).status == "failed"
-    repetitions = [s.repetition for s in store.samples(run_id, result.variant_key, result.target_key)
-                   if s.metric == "e2e_ms"]
-    assert sorted(set(repetitions)) == list(range(index + 1))  # every earlier repetition intact, once each
-    assert len(repetitions) == index + 1
-
-
-def test_resume_from_the_cli_completes_the_run(server, chain) -> None:
-    out = harness("run", "--resume", chain["run_id"], "--db", str(chain["db"]), "--report", str(chain["db"]) + ".html")
-    assert out.returncode == 0, out.stderr[-3000:]
-    db = sqlite3.connect(chain["db"])
-    assert db.execute("SELECT status FROM runs").fetchone() == ("ok",)
-    counts = db.execute("SELECT repetition, count(*) FROM samples WHERE metric='peak_rss_bytes' GROUP BY repetition")
-    assert dict(counts) == {r: 1 for r in range(len(CHAIN) + 1)}
-    failures = [e for (e,) in db.execute("SELECT error FROM repetitions WHERE status='failed'")]
-    assert failures == []  # each failed attempt was replaced by the repetition that completed
+def test_hung_runner_is_killed_at_its_time_limit(server) -> None:
+    inject(server.port, S25, "hang")
+    try:
+        with pytest.raises(TargetError, match=r"^runner timed out after 2 s \(killed on the device\)$"):
+            list(target(S25).run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=2))
+    finally:
+        inject(server.port, S25, "clear")
+    phone = target(S25).phone
+    for _ in range(100):  # the device kills what its closed connection ran
+        if len(phone.check("ls /proc").split()) == 1:  # only this `ls`'s own shell
+            break
+        time.sleep(0.05)
+    assert len(phone.check("ls /proc").split()) == 1
 
 
 def test_slow_link_past_the_time_limit_is_a_clear_error(server) -> None:

@@ -39,7 +39,7 @@ class Faults:
     """Injected faults. One-shot faults clear when they fire; the others stay until `clear`."""
 
     drop_push: bool = False  # close the connection in the middle of the next push
-    drop_run: str | None = None  # close the connection of the next command containing this text
+    drop_run: str | None = None  # close the connection of the next command containing this text, once it printed
     hang: str | None = None  # stop (SIGSTOP) the next command containing this text
     oom_bytes: int | None = None  # SIGKILL any process whose resident set grows past this
     slow_bytes_per_s: float | None = None  # throttle pushes, pulls and shell output

@@ -232,14 +232,14 @@ class _Connection:
         self.send(_packet(EXIT, bytes([code & 0xFF])))
 
     def pump(self, process, stream, packet_id: int | None, command: str) -> None:
-        """Forward a process's output; a drop-run fault cuts the connection after two lines."""
+        """Forward a process's output; a drop-run fault cuts the connection after its first line."""
         drop = packet_id == STDOUT and self.device.faults.take("drop_run", command)
         lines = 0
         while data := os.read(stream.fileno(), SYNC_CHUNK):
             self.throttle(len(data))
             self.send(data if packet_id is None else _packet(packet_id, data))
             lines += data.count(b"\n")
-            if drop and lines >= 2:
+            if drop and lines >= 1:
                 kill_group(process)
                 self.sock.shutdown(socket.SHUT_RDWR)
                 raise _Dropped
