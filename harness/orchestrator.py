@@ -9,6 +9,7 @@ repetition is recorded, so `resume_run` can complete only what is missing.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -87,7 +88,7 @@ def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Targ
 
 
 def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
-             baseline_outputs: _BaselineOutputs, on_step: Step, done: set[tuple[str, str, int]] = frozenset()) -> None:
+             baseline_outputs: _BaselineOutputs, on_step: Step, done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
     failed: set[tuple[str, str]] = set()
     try:
         for repetition in range(scenario.spec.workload.repetitions):

@@ -31,12 +31,19 @@ ONE_PROMPT = [{"id": "capital", "prompt": "What is the capital of France? Answer
                "reference": "Paris"}]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_real_adb_server():
+    """adbutils starts an adb server when it cannot connect: never here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
+        yield
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = AdbServer(["galaxy-s24", "galaxy-s25"], tmp_path_factory.mktemp("devices")).start()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
-        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")  # never start a real adb server
         yield server
     server.close()
 
@@ -162,6 +169,20 @@ def test_device_state_is_stored_with_each_repetition(story) -> None:
             assert state["cpu_freq_khz"] and all(f > 0 for f in state["cpu_freq_khz"].values())
         assert any("charging" in w for w in states[0]["warnings"])  # on USB power: warned, no energy number
         assert "energy_j" not in results[serial]["metrics"]
+
+
+def test_adb_without_server_or_devices_is_bad_input(tmp_path, monkeypatch) -> None:
+    scenario = str(write_scenario(tmp_path))
+    empty = AdbServer([], tmp_path / "none").start()
+    try:
+        monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(empty.port))
+        out = harness("run", scenario, "--target", "adb")
+        assert out.returncode == 2 and out.stderr.strip().endswith("no device attached to the adb server "
+                                                                   "(harness devices lists them)"), out.stderr
+    finally:
+        empty.close()
+    out = harness("run", scenario, "--target", f"adb:{S24}")  # nothing listens there any more
+    assert out.returncode == 2 and f"no adb server at 127.0.0.1:{empty.port}" in out.stderr, out.stderr
 
 
 def test_devices_command_lists_identity(server) -> None:

@@ -23,6 +23,14 @@ def adb_cli() -> str:
     return found
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_real_adb_server():
+    """adbutils starts an adb server when it cannot connect: never here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
+        yield
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = AdbServer(["galaxy-s24", "galaxy-s25"], tmp_path_factory.mktemp("devices")).start()
@@ -100,11 +108,10 @@ def test_dumpsys_in_android_format(server) -> None:
 
 
 def test_faults_are_injected_through_the_cli(server) -> None:
-    env = {**os.environ, "ADBUTILS_ADB_PATH": "/bin/false"}
     fault = [sys.executable, "-m", "harness.cli", "emulator", "fault", "--port", str(server.port), "emu-galaxy-s25"]
-    assert subprocess.run([*fault, "thermal:4:52.5"], env=env, capture_output=True).returncode == 0
+    assert subprocess.run([*fault, "thermal:4:52.5"], capture_output=True).returncode == 0
     assert "Thermal Status: 4" in adb(server, "-s", "emu-galaxy-s25", "shell", "dumpsys thermalservice").stdout
-    bad = subprocess.run([*fault, "melt"], env=env, capture_output=True, text=True)
+    bad = subprocess.run([*fault, "melt"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown fault 'melt'" in bad.stderr and "Traceback" not in bad.stderr
     inject(server.port, "emu-galaxy-s25", "clear")
     inject(server.port, "emu-galaxy-s24", "full")

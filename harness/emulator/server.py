@@ -55,6 +55,10 @@ class AdbServer:
             threading.Thread(target=_Connection(self, connection).handle, daemon=True).start()
 
     def close(self) -> None:
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() of serve_forever
+        except OSError:
+            pass
         self._socket.close()
         for device in self.devices.values():
             for process in list(device.processes.values()):

@@ -57,7 +57,10 @@ def _local(argument: str | None) -> list[Target]:
 def _adb(argument: str | None) -> list[Target]:
     from harness.targets.adb import open_adb_targets
 
-    return open_adb_targets(argument)
+    targets = open_adb_targets(argument)
+    if not targets:
+        raise ValueError("adb: no device attached to the adb server (harness devices lists them)")
+    return targets
 
 
 KINDS: dict[str, Callable[[str | None], list[Target]]] = {"local": _local, "adb": _adb}
