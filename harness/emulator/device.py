@@ -144,15 +144,18 @@ class EmulatedDevice:
             "LANG": "C.UTF-8",
             **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")},
         }
+        # The shell waits for a first stdin line until its /proc/<pid> link exists, then runs the
+        # command itself (same pid); `read` takes that line only, the rest of stdin is the command's.
         process = subprocess.Popen(
-            ["/bin/sh", "-c", self.rewrite(command)], cwd=self.root, env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+            ["/bin/sh", "-c", 'read _; eval "$1"', "sh", self.rewrite(command)], cwd=self.root, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
             start_new_session=True, bufsize=0,
         )
         link = self.root / "proc" / str(process.pid)
         link.unlink(missing_ok=True)
         link.symlink_to(f"/proc/{process.pid}")
         self.processes[process.pid] = process
+        process.stdin.write(b"\n")
         if self.faults.take("hang", command):
             os.killpg(process.pid, signal.SIGSTOP)
         if self.faults.oom_bytes:
