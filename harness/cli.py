@@ -1,4 +1,4 @@
-"""The `harness` command: run scenarios, render reports, list stored runs.
+"""The `harness` command: run scenarios, render reports, list stored runs and adb devices.
 
 User errors (HarnessError) become one line on stderr and exit code 2, here and only here.
 `harness run` exits 1 when a variant failed or a budget was missed.
@@ -7,22 +7,29 @@ User errors (HarnessError) become one line on stderr and exit code 2, here and o
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from adbutils import AdbError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harness.budgets import Verdict, evaluate, variant_of
+from harness.emulator import PROFILES, AdbServer
+from harness.emulator.control import inject
+from harness.emulator.device import FAULTS
 from harness.errors import HarnessError
-from harness.orchestrator import resolve_targets, run_scenario, total_steps
+from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
 from harness.report import write_html
 from harness.results import build_results, write_json
 from harness.scenario import load_scenario
 from harness.store import DEFAULT_DB, Store
 from harness.targets import TargetInfo
+from harness.targets.adb import FOLDER, open_adb_targets
 
 def _wide(stderr: bool) -> Console:
     """A console at least 120 columns wide, so piped output is not cut to 80."""
@@ -42,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a scenario and store its measurements")
-    run.add_argument("scenario", type=Path)
+    run.add_argument("scenario", type=Path, nargs="?", help="scenario file (not with --resume)")
+    run.add_argument("--resume", metavar="RUN_ID", help="complete a stored run: only the repetitions it is missing")
     run.add_argument("--target", action="append", help="target to run on (repeatable); default: the scenario's")
     run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
     run.add_argument("--json", type=Path, help="write the results document here")
@@ -56,18 +64,48 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list the runs in the store")
     listing.add_argument("--db", type=Path, default=DEFAULT_DB)
+
+    commands.add_parser("devices", help="list the devices attached to the adb server, with their identity")
+    cleanup = commands.add_parser("cleanup", help=f"remove the harness folder ({FOLDER}) from adb devices")
+    cleanup.add_argument("serial", nargs="*", help="devices (default: every attached device)")
+
+    emulator = commands.add_parser("emulator", help="emulated Galaxy devices behind a loopback adb server")
+    emulator_commands = emulator.add_subparsers(dest="emulator_command", required=True)
+    serve = emulator_commands.add_parser("serve", help="serve emulated devices until interrupted")
+    serve.add_argument("--device", action="append", required=True, choices=sorted(PROFILES),
+                       help="a device to emulate (repeatable)")
+    serve.add_argument("--port", type=int, default=5037, help="loopback port (default 5037, adb's)")
+    serve.add_argument("--root", type=Path, help="folder for the devices' sandboxes (default: a temporary one)")
+    fault = emulator_commands.add_parser("fault", help="inject a fault into an emulated device",
+                                         epilog="faults: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()))
+    fault.add_argument("serial")
+    fault.add_argument("spec", help="e.g. drop-push, drop-run, hang, oom:200M, slow:1M, full, thermal:3:48, clear")
+    fault.add_argument("--port", type=int, default=5037)
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario)
-    targets = resolve_targets(scenario, args.target)
-    store = Store(args.db)
+    if (args.scenario is None) == (args.resume is None):
+        raise HarnessError("harness run: give a scenario file, or --resume RUN_ID (not both)")
+    if args.resume:
+        store = _existing_store(args.db)
+        scenario, targets = resumable(store, args.resume)
+    else:
+        scenario = load_scenario(args.scenario)
+        targets = resolve_targets(scenario, args.target)
+        store = Store(args.db)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task(scenario.name, total=total_steps(scenario, len(targets)))
-        run_id = run_scenario(scenario, targets, store,
-                              on_step=lambda what: progress.update(task, advance=1, description=what))
+        task = progress.add_task(scenario.name, total=None if args.resume else total_steps(scenario, len(targets)))
+
+        def step(what: str) -> None:
+            progress.update(task, advance=1, description=what)
+
+        if args.resume:
+            run_id = args.resume
+            resume_run(store, run_id, scenario, targets, on_step=step)
+        else:
+            run_id = run_scenario(scenario, targets, store, on_step=step)
     document = build_results(store, run_id)
     verdicts = evaluate(document)
     _print_summary(document, verdicts)
@@ -136,7 +174,49 @@ def _cell(metric: dict | None) -> str:
     return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
+def cmd_devices(args: argparse.Namespace) -> int:
+    table = Table("serial", "model", "SoC", "platform", "SDK", "emulated")
+    table.add_column("fingerprint", overflow="fold")
+    for target in open_adb_targets(None):
+        info = target.info
+        table.add_row(info.serial, info.model, info.soc, info.platform, info.sdk, "yes" if info.emulated else "no",
+                      info.fingerprint)
+    _wide(stderr=False).print(table)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    for target in [t for serial in args.serial for t in open_adb_targets(serial)] or open_adb_targets(None):
+        target.cleanup()
+        console.print(f"{target.info.serial}: removed {FOLDER}")
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    if args.emulator_command == "fault":
+        try:
+            inject(args.port, args.serial, args.spec)
+        except (OSError, AdbError) as exc:
+            raise HarnessError(f"emulator fault {args.spec!r} on {args.serial}: {exc}") from None
+        return 0
+    with tempfile.TemporaryDirectory(prefix="hil-emulator-") as tmp:
+        server = AdbServer(args.device, args.root or Path(tmp), args.port)
+        for device in server.devices.values():
+            console.print(f"{device.serial}: {device.profile.model} ({device.profile.props['ro.soc.model']}), "
+                          f"sandbox {device.root}")
+        console.print(f"adb server on 127.0.0.1:{server.port} (adb -P {server.port} devices -l)")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the sandboxes are removed
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "devices": cmd_devices, "cleanup": cmd_cleanup,
+            "emulator": cmd_emulator}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,14 @@ def load_samples(event: dict, repetition: int) -> list[Sample]:
 
 def process_samples(event: dict, repetition: int) -> list[Sample]:
     """From the target's "process" event, measured outside the runner."""
-    return [Sample("peak_rss_bytes", float(event["peak_rss_bytes"]), repetition, None)]
+    return [Sample(name, float(event[name]), repetition, None) for name in ("peak_rss_bytes", "pss_bytes")
+            if event.get(name) is not None]
+
+
+def device_samples(event: dict, repetition: int) -> list[Sample]:
+    """From a device target's "device" event after the run: energy, when it was on battery."""
+    energy = event.get("energy_j")
+    return [] if energy is None else [Sample("energy_j", float(energy), repetition, None)]
 
 
 def request_samples(event: dict, repetition: int, reference: str | list[str] | None,

@@ -29,6 +29,8 @@ METRICS: dict[str, Metric] = {
         Metric("itl_ms", "ms", "lower", "token", "gap between consecutive generated tokens"),
         Metric("e2e_ms", "ms", "lower", "request", "request start to last token, detokenized"),
         Metric("peak_rss_bytes", "bytes", "lower", "process", "peak resident set (VmHWM) of the runner process"),
+        Metric("pss_bytes", "bytes", "lower", "process", "proportional set size of the runner process after the timed work (smaps_rollup Pss)"),
+        Metric("energy_j", "J", "lower", "process", "battery energy over the runner process: mean of battery power before and after x duration; on battery power only"),
         Metric("weights_bytes", "bytes", "lower", "process", "bytes of weight tensors the engine holds"),
         Metric("kv_cache_bytes", "bytes", "lower", "process", "bytes of KV cache tensors the engine allocated"),
         Metric("exact_match", "ratio", "higher", "request", "normalized output equals the prompt's reference answer"),

@@ -3,20 +3,24 @@
 Repetitions are interleaved (rep 1 of every variant, then rep 2...) so slow drift of the
 machine hits all variants alike. Each repetition is one runner process: one model load,
 the warm-up requests (stored, flagged, excluded from statistics), then the prompts.
-A failed run stores its reason and the scenario goes on with the rest.
+A failed run stores its reason and the scenario goes on with the rest; each finished
+repetition is recorded, so `resume_run` can complete only what is missing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import Callable
 
 from harness import __version__, counters
 from harness.environment import host_environment
 from harness.errors import HarnessError
 from harness.runner import Job
-from harness.scenario import Scenario, Variant
+from harness.scenario import Scenario, Variant, load_scenario
 from harness.store import Store
 from harness.targets import Target, TargetError, open_targets
+from harness.targets.android import Hygiene
 
 Step = Callable[[str], None]
 
@@ -30,9 +34,13 @@ def total_steps(scenario: Scenario, n_targets: int) -> int:
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
     """The targets of the scenario, or those given with --target instead."""
     try:
-        return [t for spec in (override or scenario.spec.targets) for t in open_targets(spec)]
+        targets = [t for spec in (override or scenario.spec.targets) for t in open_targets(spec)]
     except ValueError as exc:
         raise HarnessError(f"--target: {exc}") from None
+    for target in targets:
+        if hasattr(target, "hygiene"):  # device targets follow the scenario's device rules
+            target.hygiene = Hygiene(**scenario.spec.device.model_dump())
+    return targets
 
 
 def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None) -> str:
@@ -44,25 +52,63 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
+    _execute(scenario, targets, store, run_id, _BaselineOutputs(), on_step)
+    return run_id
+
+
+def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
+    """The scenario of a stored run (unchanged since) and its targets, reopened by their keys."""
+    run = store.run(run_id)
+    if run is None:
+        raise HarnessError(f"{store.path}: --resume: no run {run_id!r} in the store")
+    scenario = load_scenario(Path(run.scenario_path))
+    if scenario.sha256 != run.scenario_sha256:
+        raise HarnessError(f"{run.scenario_path}: changed since run {run_id} (sha256 differs); "
+                           "a resumed run must measure the same scenario")
+    keys = list(dict.fromkeys(r.target_key for r in store.results(run_id)))
+    return scenario, [t for key in keys for t in resolve_targets(scenario, [key]) if t.info.key == key]
+
+
+def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
+               on_step: Step = lambda _: None) -> None:
+    """Run what a stored run is missing: every repetition that did not finish ok."""
+    records = store.results(run_id)
+    done = store.completed(run_id)
+    for record in records:
+        for repetition in range(scenario.spec.workload.repetitions):
+            if (record.variant_key, record.target_key, repetition) not in done:
+                store.reopen(run_id, record.variant_key, record.target_key, repetition)
+    baseline = _BaselineOutputs()
+    for target in targets:  # the baseline's finished outputs, for agreement of resumed variants
+        for output in store.outputs(run_id, scenario.baseline.key, target.info.key):
+            if output["adapter"] is None:
+                baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
+    _execute(scenario, targets, store, run_id, baseline, on_step, done)
+
+
+def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
+             baseline_outputs: _BaselineOutputs, on_step: Step, done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
     failed: set[tuple[str, str]] = set()
-    baseline_outputs = _BaselineOutputs()
     try:
         for repetition in range(scenario.spec.workload.repetitions):
             for target in targets:
                 for variant in scenario.variants:
-                    if (variant.key, target.info.key) in failed:
+                    key = (variant.key, target.info.key)
+                    if key in failed or (*key, repetition) in done:
                         continue
                     measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs)
                     try:
                         measure.run(on_step)
                     except TargetError as exc:
-                        failed.add((variant.key, target.info.key))
-                        store.fail_result(run_id, variant.key, target.info.key, f"repetition {repetition}: {exc}")
+                        failed.add(key)
+                        store.end_repetition(run_id, *key, repetition, str(exc))
+                        store.fail_result(run_id, *key, f"repetition {repetition}: {exc}")
+                    else:
+                        store.end_repetition(run_id, *key, repetition)
     except BaseException:
         store.end_run(run_id, "interrupted")  # what was measured stays in the store
         raise
-    store.end_run(run_id, "failed" if failed else "ok")
-    return run_id
+    store.end_run(run_id, "failed" if any(r.status != "ok" for r in store.results(run_id)) else "ok")
 
 
 class _BaselineOutputs:
@@ -110,6 +156,10 @@ class _Measurement:
                 self.baseline.teachers.setdefault(key, {})[event["prompt_id"]] = event["teacher"]
             elif kind == "fidelity":
                 self._store(counters.fidelity_samples(event, self.repetition))
+            elif kind == "device":
+                self.store.add_device_state(self.run_id, self.variant.key, self.target.info.key, self.repetition,
+                                            event["phase"], event["state"])
+                self._store(counters.device_samples(event, self.repetition))
 
     def _request(self, event: dict) -> None:
         prompt_id, warmup = event["prompt_id"], event["warmup"]

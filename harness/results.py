@@ -44,6 +44,9 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         }
         if record.status != "ok":
             result["error"] = record.error
+        device_states = store.device_states(run.run_id, record.variant_key, record.target_key)
+        if device_states:  # device targets only
+            result["device_states"] = device_states
         results.append(result)
     return {
         "run_id": run.run_id,

@@ -156,6 +156,16 @@ class Workload(Strict):
     timeout_s: PositiveFloat = 600.0  # per runner process; a run past it is killed and stored as failed
 
 
+class DeviceRules(Strict):
+    """Device hygiene before each runner process on device targets (adb): cool down until
+    the thermal status and every temperature are at most these, waiting up to cooldown_s."""
+
+    max_thermal_status: int = Field(default=1, ge=0, le=6)  # 0 none, 1 light, 2 moderate, 3 severe...
+    max_temp_c: PositiveFloat = 45.0
+    cooldown_s: NonNegativeInt = 300
+    charging: Literal["warn", "fail"] = "warn"  # a device on USB/AC power
+
+
 class Budget(Strict):
     """A hard gate on one metric: an absolute bound, or a ratio to another variant.
 
@@ -206,6 +216,7 @@ class ScenarioFile(Strict):
     workload: Workload
     targets: list[str] = Field(default=["local"], min_length=1)
     budgets: list[Budget] = []
+    device: DeviceRules = DeviceRules()
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
 
     @field_validator("targets")

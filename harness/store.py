@@ -64,6 +64,25 @@ CREATE TABLE IF NOT EXISTS outputs (
     token_ids TEXT NOT NULL,
     PRIMARY KEY (run_id, variant_key, target_key, repetition, prompt_id, adapter)
 );
+CREATE TABLE IF NOT EXISTS repetitions (
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    repetition INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, variant_key, target_key, repetition)
+);
+CREATE TABLE IF NOT EXISTS device_states (
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    repetition INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    state TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
 """
 
 
@@ -157,7 +176,46 @@ class Store:
             (run_id, variant_key, target_key, repetition, prompt_id, adapter or "", text, json.dumps(token_ids)),
         )
 
+    def end_repetition(self, run_id: str, variant_key: str, target_key: str, repetition: int,
+                       error: str | None = None) -> None:
+        """One runner process finished: 'ok', or 'failed' with its reason. `--resume` redoes the rest."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO repetitions VALUES (?,?,?,?,?,?,?)",
+            (run_id, variant_key, target_key, repetition, "failed" if error else "ok", error, time.time()),
+        )
+
+    def add_device_state(self, run_id: str, variant_key: str, target_key: str, repetition: int,
+                         phase: str, state: dict) -> None:
+        """The device's state (thermal, battery, clocks...) before or after one runner process."""
+        self._db.execute(
+            "INSERT INTO device_states VALUES (?,?,?,?,?,?,?)",
+            (run_id, variant_key, target_key, repetition, phase, json.dumps(state), time.time()),
+        )
+
+    def reopen(self, run_id: str, variant_key: str, target_key: str, repetition: int) -> None:
+        """Before a repetition runs again (--resume): drop what its unfinished attempt left and mark
+        the result ok again. The failed attempt stays in `repetitions` until the new one replaces it."""
+        key = (run_id, variant_key, target_key)
+        with self._db:
+            for table in ("samples", "outputs", "device_states"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id=? AND variant_key=? AND target_key=?"
+                                 " AND repetition=?", (*key, repetition))
+            self._db.execute("UPDATE results SET status='ok', error=NULL WHERE run_id=? AND variant_key=?"
+                             " AND target_key=?", key)
+
     # -- reading ---------------------------------------------------------------------
+    def completed(self, run_id: str) -> set[tuple[str, str, int]]:
+        """(variant_key, target_key, repetition) of every repetition that finished ok."""
+        rows = self._db.execute(
+            "SELECT variant_key, target_key, repetition FROM repetitions WHERE run_id=? AND status='ok'", (run_id,))
+        return {tuple(row) for row in rows}
+
+    def device_states(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT repetition, phase, state FROM device_states WHERE run_id=? AND variant_key=? AND target_key=?"
+            " ORDER BY rowid", (run_id, variant_key, target_key))
+        return [{"repetition": r, "phase": p, **json.loads(state)} for r, p, state in rows]
+
     def runs(self, scenario: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs"
         args: tuple = ()

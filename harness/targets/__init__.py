@@ -2,8 +2,9 @@
 
 A target starts the runner for a job and yields its events (see `harness.runner`); in
 place of the runner's "measured" event it yields `{"event": "process", "peak_rss_bytes":
-...}`, which the target measures itself. Anything that stops a run early raises
-`TargetError`.
+..., "pss_bytes": ...}`, which the target measures itself. Device targets also yield
+`{"event": "device", "phase": "before"|"after", "state": {...}}` (and "energy_j" after).
+Anything that stops a run early raises `TargetError`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ class TargetInfo:
     model: str | None
     soc: str | None
     emulated: bool
+    # Android identity (adb targets); left out of as_dict() when unknown
+    platform: str | None = None
+    fingerprint: str | None = None
+    sdk: str | None = None
 
     @property
     def key(self) -> str:
         return self.kind if self.kind == self.name else f"{self.kind}:{self.name}"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        optional = ("platform", "fingerprint", "sdk")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
 
 class Target(Protocol):
@@ -48,8 +54,17 @@ def _local(argument: str | None) -> list[Target]:
     return [LocalTarget()]
 
 
-KINDS: dict[str, Callable[[str | None], list[Target]]] = {"local": _local}
-PLANNED = ("adb", "aihub")  # declared by the design, not built yet
+def _adb(argument: str | None) -> list[Target]:
+    from harness.targets.adb import open_adb_targets
+
+    targets = open_adb_targets(argument)
+    if not targets:
+        raise ValueError("adb: no device attached to the adb server (harness devices lists them)")
+    return targets
+
+
+KINDS: dict[str, Callable[[str | None], list[Target]]] = {"local": _local, "adb": _adb}
+PLANNED = ("aihub",)  # declared by the design, not built yet
 
 
 def check_target_spec(spec: str) -> None:

@@ -27,10 +27,19 @@ def cpu_model() -> str:
 
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM of a live process, from /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+    return _kb_field(Path(f"/proc/{pid}/status"), "VmHWM:")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of a live process, from /proc/<pid>/smaps_rollup."""
+    return _kb_field(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+
+
+def _kb_field(path: Path, name: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(name):
             return int(line.split()[1]) * 1024  # reported in kB
-    raise TargetError(f"no VmHWM in /proc/{pid}/status")
+    raise TargetError(f"no {name} in {path}")
 
 
 class LocalTarget:
@@ -77,7 +86,7 @@ def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float
         if event["event"] == "error":
             raise TargetError(f"runner failed: {event['error']}")
         if event["event"] == "measured":
-            yield {"event": "process", "peak_rss_bytes": peak_rss_bytes(process.pid)}
+            yield {"event": "process", "peak_rss_bytes": peak_rss_bytes(process.pid), "pss_bytes": pss_bytes(process.pid)}
         elif event["event"] == "done":
             process.stdin.close()
             process.wait()

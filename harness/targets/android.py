@@ -1,0 +1,149 @@
+"""What an Android device says about itself: identity, thermal, battery, clocks, screen.
+
+Parsers for `getprop`, `dumpsys thermalservice|battery|power` and sysfs, the device state
+stored with every sample, and the hygiene rules applied before each run (cool down, warn
+or fail when charging). Units follow the notes in README: temperatures in degC, battery
+current in mA and voltage in mV whatever unit the kernel used.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
+
+# One shell round trip reads the whole state; sections are split on the marker line.
+_MARK = "@@hil@@"
+STATE_COMMAND = "; ".join((
+    "dumpsys thermalservice", f"echo {_MARK}",
+    "dumpsys battery", f"echo {_MARK}",
+    "for p in /sys/devices/system/cpu/cpufreq/policy*; do read -r f < $p/scaling_cur_freq; echo ${p##*/} $f; done",
+    f"echo {_MARK}",
+    "dumpsys power | grep -m1 mWakefulness", f"echo {_MARK}",
+    "cat /sys/class/power_supply/battery/current_now /sys/class/power_supply/battery/voltage_now",
+))
+THERMAL_STATUS = ("none", "light", "moderate", "severe", "critical", "emergency", "shutdown")
+_TEMPERATURE = re.compile(r"Temperature\{mValue=([-\d.]+), mType=(-?\d+), mName=([^,]+), mStatus=(\d+)\}")
+
+
+def parse_getprop(text: str) -> dict[str, str]:
+    """`getprop` output (`[key]: [value]` lines) to a dict."""
+    return dict(re.findall(r"^\[([^\]]+)\]: \[(.*)\]$", text, re.MULTILINE))
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    time_s: float  # host clock (time.time) when read
+    thermal_status: int
+    temperatures_c: dict[str, float]
+    battery_level: int | None
+    battery_temp_c: float | None
+    battery_status: int | None  # BatteryManager: 2 charging, 3 discharging, 4 not charging, 5 full
+    plugged: str  # "ac", "usb", "wireless" or "none"
+    current_ma: float | None  # sign as the kernel reports it
+    voltage_mv: float | None
+    cpu_freq_khz: dict[str, int]
+    screen: str | None  # mWakefulness: Awake, Asleep, Dozing
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def charging(self) -> bool:
+        return self.plugged != "none"
+
+    @property
+    def max_temp_c(self) -> float:
+        return max(self.temperatures_c.values(), default=float("nan"))
+
+    @property
+    def power_w(self) -> float | None:
+        if self.current_ma is None or self.voltage_mv is None:
+            return None
+        return abs(self.current_ma) * self.voltage_mv / 1e6
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_state(text: str, time_s: float) -> DeviceState:
+    sections = text.split(_MARK + "\n")
+    thermal, battery, cpufreq, power, supply = (sections + [""] * 5)[:5]
+    status = re.search(r"^Thermal Status: (\d)", thermal, re.MULTILINE)
+    current_hal = thermal.split("Current temperatures from HAL:")[-1]
+    temperatures = {name: float(value) for value, _, name, _ in _TEMPERATURE.findall(current_hal)}
+    fields = dict(re.findall(r"^\s+([\w ]+): (.*)$", battery, re.MULTILINE))
+    plugged = next((kind for kind, key in (("ac", "AC powered"), ("usb", "USB powered"),
+                                           ("wireless", "Wireless powered")) if fields.get(key) == "true"), "none")
+    current, voltage = _supply(supply.split())
+    screen = re.search(r"mWakefulness=(\w+)", power)
+    return DeviceState(
+        time_s=time_s,
+        thermal_status=int(status[1]) if status else 0,
+        temperatures_c=temperatures,
+        battery_level=_int(fields.get("level")),
+        battery_temp_c=None if _int(fields.get("temperature")) is None else _int(fields["temperature"]) / 10,
+        battery_status=_int(fields.get("status")),
+        plugged=plugged,
+        current_ma=current,
+        voltage_mv=voltage if voltage is not None else _int(fields.get("voltage")),
+        cpu_freq_khz={name: int(freq) for name, freq in re.findall(r"^(policy\d+) (\d+)$", cpufreq, re.MULTILINE)},
+        screen=screen[1] if screen else None,
+    )
+
+
+def _supply(values: list[str]) -> tuple[float | None, float | None]:
+    """current_now, voltage_now: uA/uV by the kernel's rule, but some Samsung kernels give mA/mV."""
+    try:
+        current, voltage = (float(v) for v in values[:2])
+    except ValueError:
+        return None, None
+    current_ma = current / 1000 if abs(current) > 20_000 else current
+    voltage_mv = voltage / 1000 if voltage > 100_000 else voltage
+    return current_ma, voltage_mv
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+def energy_j(before: DeviceState, after: DeviceState) -> float | None:
+    """Battery energy over the run from the power before and after, when on battery only."""
+    if before.charging or after.charging or before.power_w is None or after.power_w is None:
+        return None
+    return (before.power_w + after.power_w) / 2 * (after.time_s - before.time_s)
+
+
+@dataclass(frozen=True)
+class Hygiene:
+    """Device state rules before each run: cool down, then warn or fail on what remains."""
+
+    max_thermal_status: int = 1  # 1 = light; above it the device is throttling
+    max_temp_c: float = 45.0
+    cooldown_s: float = 300.0  # longest wait for the device to cool down
+    poll_s: float = 5.0
+    charging: Literal["warn", "fail"] = "warn"
+
+    def hot(self, state: DeviceState) -> bool:
+        return state.thermal_status > self.max_thermal_status or state.max_temp_c > self.max_temp_c
+
+    def settle(self, read: Callable[[], DeviceState], sleep: Callable[[float], None] = time.sleep) -> DeviceState:
+        """Wait (up to `cooldown_s`) until the device is cool; raise ValueError if it stays hot
+        or charges when that is forbidden. Returns the state, with warnings."""
+        start = time.monotonic()
+        state = read()
+        while self.hot(state) and (left := self.cooldown_s - (time.monotonic() - start)) > 0:
+            sleep(min(self.poll_s, left))
+            state = read()
+        if self.hot(state):
+            raise ValueError(
+                f"device still hot after {self.cooldown_s:g} s cool-down: thermal status {state.thermal_status} "
+                f"({THERMAL_STATUS[state.thermal_status]}), max temperature {state.max_temp_c:.1f} C "
+                f"(limits: status {self.max_thermal_status}, {self.max_temp_c:g} C)")
+        if state.charging:
+            message = f"charging ({state.plugged}): battery readings are not energy, and charging heats the device"
+            if self.charging == "fail":
+                raise ValueError(f"device is {message}")
+            state.warnings.append(message)
+        if time.monotonic() - start > 0.5:
+            state.warnings.append(f"cooled down for {time.monotonic() - start:.0f} s")
+        return state
