@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list the runs in the store")
     listing.add_argument("--db", type=Path, default=DEFAULT_DB)
+
+    emulator = commands.add_parser("aihub-emulator", help="a loopback Qualcomm AI Hub for tests and demos")
+    emulator_commands = emulator.add_subparsers(dest="emulator_command", required=True)
+    serve = emulator_commands.add_parser("serve", help="serve it and write the qai-hub profile 'emulator' for it")
+    serve.add_argument("--port", type=int, default=8765)
     return parser
 
 
@@ -136,7 +141,14 @@ def _cell(metric: dict | None) -> str:
     return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
+def cmd_aihub_emulator(args: argparse.Namespace) -> int:
+    from harness.aihub.emulator import serve
+
+    serve(args.port, Path("~/.qai_hub/emulator.ini").expanduser())
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "aihub-emulator": cmd_aihub_emulator}
 
 
 def main(argv: list[str] | None = None) -> int:

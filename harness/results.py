@@ -44,6 +44,8 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         }
         if record.status != "ok":
             result["error"] = record.error
+        if jobs := store.jobs(run.run_id, record.variant_key, record.target_key):
+            result["jobs"] = jobs  # remote jobs (aihub): ids and links
         results.append(result)
     return {
         "run_id": run.run_id,

@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS outputs (
     token_ids TEXT NOT NULL,
     PRIMARY KEY (run_id, variant_key, target_key, repetition, prompt_id, adapter)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    repetition INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 
@@ -157,7 +165,17 @@ class Store:
             (run_id, variant_key, target_key, repetition, prompt_id, adapter or "", text, json.dumps(token_ids)),
         )
 
+    def add_job(self, run_id: str, variant_key: str, target_key: str, repetition: int, record: dict) -> None:
+        """A remote job (or export) of a target, e.g. {"kind": "profile", "job_id", "url"}, as it is submitted."""
+        self._db.execute("INSERT INTO jobs (run_id, variant_key, target_key, repetition, record) VALUES (?,?,?,?,?)",
+                         (run_id, variant_key, target_key, repetition, json.dumps(record)))
+
     # -- reading ---------------------------------------------------------------------
+    def jobs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
+        rows = self._db.execute("SELECT repetition, record FROM jobs WHERE run_id=? AND variant_key=? AND target_key=?"
+                                " ORDER BY id", (run_id, variant_key, target_key))
+        return [{"repetition": repetition, **json.loads(record)} for repetition, record in rows]
+
     def runs(self, scenario: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs"
         args: tuple = ()

@@ -4,6 +4,10 @@ A target starts the runner for a job and yields its events (see `harness.runner`
 place of the runner's "measured" event it yields `{"event": "process", "peak_rss_bytes":
 ...}`, which the target measures itself. Anything that stops a run early raises
 `TargetError`.
+
+A target that does not run the runner (aihub) yields its own measurements instead:
+`{"event": "counters", "prompt_id": id or None, "counters": {metric: value or [values]}}`
+and `{"event": "job", ...}` records of remote jobs (ids, links), stored with the result.
 """
 
 from __future__ import annotations
@@ -42,19 +46,30 @@ class Target(Protocol):
     def run(self, job: Job, timeout_s: float) -> Iterator[dict]: ...
 
 
-def _local(argument: str | None) -> list[Target]:
+def _local(argument: str | None, settings: object = None) -> list[Target]:
     from harness.targets.local import LocalTarget
 
     return [LocalTarget()]
 
 
-KINDS: dict[str, Callable[[str | None], list[Target]]] = {"local": _local}
-PLANNED = ("adb", "aihub")  # declared by the design, not built yet
+def _aihub(argument: str | None, settings: object = None) -> list[Target]:
+    from harness.scenario import AiHubSettings
+    from harness.targets.aihub import AiHubTarget
+
+    return [AiHubTarget(argument or "", settings or AiHubSettings())]
+
+
+# kind -> factory(argument after "kind:", the scenario's settings for that kind or None)
+KINDS: dict[str, Callable[[str | None, object], list[Target]]] = {"local": _local, "aihub": _aihub}
+PLANNED = ("adb",)  # declared by the design, not built yet
+NEEDS_ARGUMENT = {"aihub": 'a device name, e.g. aihub:"Samsung Galaxy S24 (Family)"'}
 
 
 def check_target_spec(spec: str) -> None:
     """Raise ValueError unless `spec` ('kind' or 'kind:argument') names a known kind."""
-    kind = spec.split(":", 1)[0]
+    kind, _, argument = spec.partition(":")
+    if kind in NEEDS_ARGUMENT and not argument.strip():
+        raise ValueError(f"target {spec!r} needs {NEEDS_ARGUMENT[kind]}")
     if kind in KINDS:
         return
     if kind in PLANNED:
@@ -62,7 +77,8 @@ def check_target_spec(spec: str) -> None:
     raise ValueError(f"unknown target {spec!r}; allowed: {', '.join(KINDS)}")
 
 
-def open_targets(spec: str) -> list[Target]:
+def open_targets(spec: str, settings: object = None) -> list[Target]:
+    """The targets `spec` names; `settings` is the scenario's block for that kind (e.g. `aihub:`)."""
     check_target_spec(spec)
     kind, _, argument = spec.partition(":")
-    return KINDS[kind](argument or None)
+    return KINDS[kind](argument or None, settings)
