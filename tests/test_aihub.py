@@ -24,6 +24,7 @@ from tests.conftest import REPO, write_scenario
 TOKEN = f"test-token-{secrets.token_hex(12)}"
 S24 = "Samsung Galaxy S24 (Family)"
 CHUNK = 16
+PROMPTS = [{"id": "capital", "prompt": "The capital of France is", "template": "raw"}]  # one prefill chunk
 AIHUB_METRICS = ("prefill_chunk_ms", "decode_step_ms", "ttft_ms_derived", "decode_tokens_per_s_derived",
                  "first_load_ms", "warm_load_ms", "peak_memory_low_bytes", "peak_memory_high_bytes", "cpu_ops",
                  "npu_ops", "top1_agreement_host", "max_abs_logit_diff_host")
@@ -46,7 +47,8 @@ def run_harness(folder: Path, hub: Emulator, cache: Path, variants: dict, *, tok
                 targets: tuple[str, ...] = (f"aihub:{S24}",), timeout_s: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
     ini = hub.client_ini(folder / "client.ini", token)
     scenario = write_scenario(
-        folder, name="aihub", variants=variants, baseline={"adapters": variants["adapters"][0]},
+        folder, PROMPTS, name="aihub", variants=variants,
+        baseline={"precision": variants["precision"][0], "adapters": variants["adapters"][0]},
         workload={"prompts": "prompts.jsonl", "max_new_tokens": 2, "repetitions": 1, "warmup": 0,
                   "timeout_s": timeout_s},
         targets=list(targets), adapters_dir=str(REPO / "fixtures" / "adapters"),
@@ -81,6 +83,7 @@ def test_fp16_and_int4_with_two_adapters_run_on_the_emulated_device(paper_run) -
     assert process.returncode == 0, process.stderr[-3000:]
     results = by_adapters(document)
     assert set(results) == {("fp16", "formal", "polite"), ("int4", "formal", "polite")}
+    assert "emulated" in (paper_run[0] / "report.html").read_text()
     for (precision, *_), result in results.items():
         assert result["status"] == "ok"
         assert result["target"] == {"kind": "aihub", "name": S24, "serial": None, "model": S24,
@@ -127,7 +130,7 @@ def test_switching_adapters_on_one_compiled_model_changes_the_output_without_a_n
     engine = load_engine("smollm2-135m-instruct", "fp16")
     bank = AdapterBank.stack({n: load_peft(REPO / "fixtures" / "adapters" / n, engine.model.config)
                               for n in ("formal", "polite")}, dtype=engine.dtype)
-    export = export_variant(engine, "smollm2-135m-instruct", "fp16", bank, CHUNK, 2 * CHUNK)
+    export = export_variant(engine, "smollm2-135m-instruct", "fp16", bank, CHUNK, CHUNK)  # the runs' export
     inputs = {i.name for i in onnx.load(export.decode, load_external_data=False).graph.input}
     assert {"adapter_index", "lora_a_wq", "lora_b_wq", "lora_a_w2", "lora_b_w2"} <= inputs
     assert all(check["max_abs_logit_diff"] <= TOLERANCE["fp16"] for check in export.check.values())
@@ -138,7 +141,7 @@ def test_switching_adapters_on_one_compiled_model_changes_the_output_without_a_n
                                             options="--target_runtime onnx")
     _wait(compile_job)
     compiled = compile_job.get_target_model()
-    _, case = feeds.cases(engine, engine.tokenizer.encode("Write a note to my team."), bank, "formal",
+    _, case = feeds.cases(engine, engine.tokenizer.encode(PROMPTS[0]["prompt"]), bank, "formal",
                           export.prefill_spec, export.decode_spec)
     switched = {**case.inputs, "adapter_index": np.array([bank.slots["polite"]], np.int32)}
     submitted = len(hub.submitted)
@@ -158,12 +161,14 @@ def _wait(job, timeout_s: float = 300) -> None:
     assert job.get_status().success, job.get_status().message
 
 
+# one bank shape, so one export and (once compiled) one compiled model for all three
 THREE_ORDERS = {"precision": ["fp16"], "adapters": [["formal", "polite"], ["polite", "formal"], ["formal", "jovial"]]}
 
 
-def test_failed_compile_and_profile_jobs_and_an_unknown_device_fail_only_their_results(
+def test_failed_jobs_429s_and_an_unknown_device_fail_only_their_results(
         hub: Emulator, cache: Path, tmp_path: Path) -> None:
-    hub.faults.failing_compiles, hub.faults.failing_profiles = 2, 2
+    hub.faults.throttled_submissions, hub.faults.failing_compiles, hub.faults.failing_profiles = 2, 2, 2
+    throttled = hub.throttled
     unknown = "Samsung Galaxy S99 (Family)"
     process, document = run_harness(tmp_path, hub, cache, THREE_ORDERS, targets=(f"aihub:{S24}", f"aihub:{unknown}"))
     assert process.returncode == 1 and "Traceback" not in process.stderr
@@ -177,22 +182,21 @@ def test_failed_compile_and_profile_jobs_and_an_unknown_device_fail_only_their_r
     assert "decode_step_ms" not in profile_failed["metrics"]
     assert ok["status"] == "ok" and "decode_step_ms" in ok["metrics"]
     assert "compile" not in [j["kind"] for j in ok["jobs"]]  # same export and device: compiled models reused
+    assert hub.throttled - throttled == 2  # answered 429 twice; the client's own back-off rode them out
     for result in by_adapters(document, unknown).values():
         assert result["status"] == "failed" and f"no device named {unknown!r}" in result["error"]
         assert S24 in result["error"]  # the message lists devices that exist
 
 
-def test_a_timeout_and_429s_fail_only_their_result(hub: Emulator, cache: Path, tmp_path: Path) -> None:
-    hub.faults.throttled_submissions, hub.faults.hanging_jobs = 2, 1
-    throttled = hub.throttled
-    variants = {"precision": ["fp16"], "adapters": THREE_ORDERS["adapters"][:2]}
-    process, document = run_harness(tmp_path, hub, cache, variants, timeout_s=40)
+def test_a_job_that_never_finishes_times_out_with_its_ids_stored(hub: Emulator, cache: Path, tmp_path: Path) -> None:
+    hub.faults.hanging_jobs = 1
+    process, document = run_harness(tmp_path, hub, cache, {"precision": ["fp16"], "adapters": [["formal", "polite"]]},
+                                    timeout_s=30)
     assert process.returncode == 1 and "Traceback" not in process.stderr
-    hung, ok = (by_adapters(document)[("fp16", *a)] for a in variants["adapters"])
-    assert hung["status"] == "failed" and "not finished after 40 s" in hung["error"]
-    assert any(j["kind"] == "compile" for j in hung["jobs"])
-    assert ok["status"] == "ok"  # the client's own back-off rode out the 429s
-    assert hub.throttled - throttled == 2
+    [result] = document["results"]
+    assert result["status"] == "failed" and "not finished after 30 s" in result["error"]
+    assert [j["kind"] for j in result["jobs"]].count("compile") == 2
+    assert "j0" in result["error"]  # names the job that did not finish
 
 
 def test_a_rejected_token_fails_every_result_with_a_clear_message(hub: Emulator, cache: Path, tmp_path: Path) -> None:
@@ -216,3 +220,22 @@ def test_bad_aihub_settings_are_one_line_errors(tmp_path: Path, fields: dict, me
     process = harness("run", str(write_scenario(tmp_path, **fields)))
     assert process.returncode == 2 and message in process.stderr
     assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_the_emulator_command_serves_the_wire_to_the_client_through_its_profile(tmp_path: Path) -> None:
+    from qai_hub.api_utils import load_api_config_from_file
+    from qai_hub.client import Client
+
+    env = {**os.environ, "HOME": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "harness.cli", "aihub-emulator", "serve", "--port", "0"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "loopback AI Hub at http://127.0.0.1:" in server.stdout.readline()
+        assert "profile 'emulator'" in server.stdout.readline()
+        client = Client(config=load_api_config_from_file(str(tmp_path / ".qai_hub" / "emulator.ini")))
+        devices = client.get_devices()
+        assert S24 in [d.name for d in devices]
+        assert all("emulated:onnxruntime-host" in d.attributes for d in devices)
+    finally:
+        server.terminate()
+        server.wait()

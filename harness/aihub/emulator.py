@@ -170,25 +170,25 @@ class Emulator:
         job.state = State.JOB_STATE_DONE
 
     def _run(self, job: _Job) -> None:
+        """An inference job: outputs for its dataset (if any) and, with profiling on, a profile."""
         request = job.request.inference_job
         model = self.store.file("models", request.model.model_id)
         work = self.store.folder / "work" / job.job_id
         work.mkdir()
-        if request.is_profiling_on:
-            job.state = State.JOB_STATE_MEASURING_PERFORMANCE
-            if self.faults.take("failing_profiles"):
-                raise RuntimeError("profiling failed on the device (injected fault)")
-            result = _device("profile", model, work / "result.json")
-            job.profile = _profile_detail(result)
-        else:
+        inputs = [self.store.file("datasets", request.dataset.dataset_id)] if request.dataset.dataset_id else []
+        if inputs:
             job.state = State.JOB_STATE_RUNNING_INFERENCE
             outputs = work / "outputs.h5"
-            _device("infer", model, work / "result.json",
-                    self.store.file("datasets", request.dataset.dataset_id), outputs)
+            _device("infer", model, work / "inference.json", inputs[0], outputs)
             dataset = self._new_dataset(f"{request.name}-outputs")
             outputs.rename(self.store.file("datasets", dataset.dataset_id))
             dataset.file_upload_complete = True
             job.output_dataset = dataset.dataset_id
+        if request.is_profiling_on:
+            job.state = State.JOB_STATE_MEASURING_PERFORMANCE
+            if self.faults.take("failing_profiles"):
+                raise RuntimeError("profiling failed on the device (injected fault)")
+            job.profile = _profile_detail(_device("profile", model, work / "profile.json", *inputs))
         job.state = State.JOB_STATE_DONE
 
     def _new_dataset(self, name: str) -> pb.Dataset:
@@ -478,7 +478,9 @@ def _handler(service: Emulator) -> type[BaseHTTPRequestHandler]:
 def serve(port: int, client_ini: Path) -> None:
     """`harness aihub-emulator serve`: run until interrupted, with a client.ini for it."""
     import secrets
+    import signal
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly: uploads live in a temporary folder
     service = Emulator(secrets.token_hex(16), port).start()
     client_ini.parent.mkdir(parents=True, exist_ok=True)
     service.client_ini(client_ini)

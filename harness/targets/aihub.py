@@ -98,7 +98,8 @@ class _Session:
         profile_jobs = {g: self.client.submit_inference_job(compiled[g], device, profile=True, retry=False,
                                                             name=f"{export.digest}-{g}-profile") for g in GRAPHS}
         infer_jobs = {g: self.client.submit_inference_job(compiled[g], device, inputs=datasets[g], retry=False,
-                                                          name=f"{export.digest}-{g}-inference") for g in GRAPHS}
+                                                          profile=False, name=f"{export.digest}-{g}-inference")
+                      for g in GRAPHS}
         for g in GRAPHS:
             yield _job_event("profile", g, profile_jobs[g])
             yield _job_event("inference", g, infer_jobs[g])
