@@ -161,27 +161,25 @@ def _wait(job, timeout_s: float = 300) -> None:
     assert job.get_status().success, job.get_status().message
 
 
-# one bank shape, so one export and (once compiled) one compiled model for all three
-THREE_ORDERS = {"precision": ["fp16"], "adapters": [["formal", "polite"], ["polite", "formal"], ["formal", "jovial"]]}
+# one bank shape: one export serves both
+TWO_ORDERS = {"precision": ["fp16"], "adapters": [["formal", "polite"], ["polite", "formal"]]}
 
 
-def test_failed_jobs_429s_and_an_unknown_device_fail_only_their_results(
+def test_failed_jobs_429s_and_an_unknown_device_fail_only_their_results_and_the_run_goes_on(
         hub: Emulator, cache: Path, tmp_path: Path) -> None:
     hub.faults.throttled_submissions, hub.faults.failing_compiles, hub.faults.failing_profiles = 2, 2, 2
     throttled = hub.throttled
     unknown = "Samsung Galaxy S99 (Family)"
-    process, document = run_harness(tmp_path, hub, cache, THREE_ORDERS, targets=(f"aihub:{S24}", f"aihub:{unknown}"))
+    process, document = run_harness(tmp_path, hub, cache, TWO_ORDERS, targets=(f"aihub:{S24}", f"aihub:{unknown}"))
     assert process.returncode == 1 and "Traceback" not in process.stderr
     results = by_adapters(document)
-    compile_failed, profile_failed, ok = (results[("fp16", *a)] for a in THREE_ORDERS["adapters"])
+    compile_failed, profile_failed = (results[("fp16", *a)] for a in TWO_ORDERS["adapters"])
     assert compile_failed["status"] == "failed"
     assert "compile job" in compile_failed["error"] and "injected" in compile_failed["error"]
     assert [j["kind"] for j in compile_failed["jobs"]].count("compile") == 2  # the failed jobs' ids are kept
     assert profile_failed["status"] == "failed" and "profiling failed" in profile_failed["error"]
     assert "top1_agreement_host" in profile_failed["metrics"]  # measured before the failure: kept
     assert "decode_step_ms" not in profile_failed["metrics"]
-    assert ok["status"] == "ok" and "decode_step_ms" in ok["metrics"]
-    assert "compile" not in [j["kind"] for j in ok["jobs"]]  # same export and device: compiled models reused
     assert hub.throttled - throttled == 2  # answered 429 twice; the client's own back-off rode them out
     for result in by_adapters(document, unknown).values():
         assert result["status"] == "failed" and f"no device named {unknown!r}" in result["error"]

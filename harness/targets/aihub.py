@@ -63,7 +63,7 @@ class AiHubTarget:
             yield from session.run()
         except TargetError:
             raise
-        except Exception as exc:  # the client's errors (401, 429, 5xx) end this variant, not the run
+        except Exception as exc:  # the client's errors (401, 429, 5xx) and ours end this variant, not the run
             raise TargetError(describe(exc)) from None
 
 
@@ -233,4 +233,4 @@ def describe(exc: Exception) -> str:
         return f"AI Hub rejected the API token (401): {text} Check api_token in the qai-hub client configuration."
     if isinstance(exc, Error):
         return f"AI Hub: {text}"
-    return f"AI Hub client: {type(exc).__name__}: {text}"
+    return f"aihub target: {type(exc).__name__}: {text}"
