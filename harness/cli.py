@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("serial")
     fault.add_argument("spec", help="e.g. drop-push, drop-run, hang, oom:200M, slow:1M, full, thermal:3:48, clear")
     fault.add_argument("--port", type=int, default=5037)
+
+    hub = commands.add_parser("aihub-emulator", help="a loopback Qualcomm AI Hub for tests and demos")
+    hub_commands = hub.add_subparsers(dest="aihub_command", required=True)
+    hub_serve = hub_commands.add_parser("serve", help="serve it and write the qai-hub profile 'emulator' for it")
+    hub_serve.add_argument("--port", type=int, default=8765)
     return parser
 
 
@@ -215,8 +220,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_aihub_emulator(args: argparse.Namespace) -> int:
+    from harness.aihub.emulator import serve
+
+    serve(args.port, Path("~/.qai_hub/emulator.ini").expanduser())
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "devices": cmd_devices, "cleanup": cmd_cleanup,
-            "emulator": cmd_emulator}
+            "emulator": cmd_emulator, "aihub-emulator": cmd_aihub_emulator}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,3 +92,12 @@ def exact_match(text: str, reference: str | list[str]) -> float:
     """1.0 when the normalized output equals the (or one of the) accepted answers."""
     accepted = [reference] if isinstance(reference, str) else reference
     return float(normalize(text) in {normalize(answer) for answer in accepted})
+
+
+def target_samples(event: dict, repetition: int) -> list[Sample]:
+    """From a target's own "counters" event (aihub): each value, or each of a list of values."""
+    samples = []
+    for name, value in event["counters"].items():
+        values = value if isinstance(value, list) else [value]
+        samples += [Sample(name, float(v), repetition, event.get("prompt_id")) for v in values]
+    return samples

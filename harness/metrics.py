@@ -47,6 +47,20 @@ METRICS: dict[str, Metric] = {
         Metric("verify_ms", "ms", "lower", "request", "DS2D: time spent in verification forwards per request"),
         Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / plain greedy decode tokens/s on the same prompt, paired in the same runner process"),
         Metric("matches_greedy", "ratio", "higher", "request", "DS2D: 1 if the output's tokens equal plain greedy decoding's on the same engine, else 0"),
+        # aihub target: from AI Hub's profile and inference jobs (harness/targets/aihub.py)
+        Metric("prefill_chunk_ms", "ms", "lower", "process", "profiled time of one prefill graph call (a chunk of prompt tokens)"),
+        Metric("decode_step_ms", "ms", "lower", "process", "profiled time of one decode graph call (one token)"),
+        Metric("ttft_ms_derived", "ms", "lower", "request", "derived: prompt chunks x median prefill_chunk_ms"),
+        Metric("decode_tokens_per_s_derived", "tokens/s", "higher", "request", "derived: 1000 / median decode_step_ms"),
+        Metric("first_load_ms", "ms", "lower", "process", "profiled first (cold) load of both graphs"),
+        Metric("warm_load_ms", "ms", "lower", "process", "profiled warm load of both graphs"),
+        Metric("peak_memory_low_bytes", "bytes", "lower", "process", "low end of the profiled inference peak memory range (larger graph)"),
+        Metric("peak_memory_high_bytes", "bytes", "lower", "process", "high end of the profiled inference peak memory range (larger graph)"),
+        Metric("npu_ops", "ops", "higher", "process", "layers of both graphs the profile places on the NPU"),
+        Metric("gpu_ops", "ops", "lower", "process", "layers of both graphs the profile places on the GPU"),
+        Metric("cpu_ops", "ops", "lower", "process", "layers of both graphs the profile places on the CPU"),
+        Metric("top1_agreement_host", "ratio", "higher", "request", "device logits' argmax equal to the host engine's, per position (last prefill chunk + first decode step)"),
+        Metric("max_abs_logit_diff_host", "logits", "lower", "request", "largest |device logit - host engine logit| over the same positions"),
         *(Metric(f"acceptance_depth_{d}", "ratio", "higher", "request", f"DS2D: share of draft steps whose accepted path reached depth {d}")
           for d in range(1, 9)),
     )

@@ -34,7 +34,9 @@ def total_steps(scenario: Scenario, n_targets: int) -> int:
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
     """The targets of the scenario, or those given with --target instead."""
     try:
-        targets = [t for spec in (override or scenario.spec.targets) for t in open_targets(spec)]
+        settings = {"aihub": scenario.spec.aihub}
+        targets = [t for spec in (override or scenario.spec.targets)
+                   for t in open_targets(spec, settings.get(spec.partition(":")[0]))]
     except ValueError as exc:
         raise HarnessError(f"--target: {exc}") from None
     for target in targets:
@@ -160,6 +162,11 @@ class _Measurement:
                 self.store.add_device_state(self.run_id, self.variant.key, self.target.info.key, self.repetition,
                                             event["phase"], event["state"])
                 self._store(counters.device_samples(event, self.repetition))
+            elif kind == "counters":
+                self._store(counters.target_samples(event, self.repetition))
+            elif kind == "job":
+                self.store.add_job(self.run_id, self.variant.key, self.target.info.key, self.repetition,
+                                   {k: v for k, v in event.items() if k != "event"})
 
     def _request(self, event: dict) -> None:
         prompt_id, warmup = event["prompt_id"], event["warmup"]

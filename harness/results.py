@@ -47,6 +47,8 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         device_states = store.device_states(run.run_id, record.variant_key, record.target_key)
         if device_states:  # device targets only
             result["device_states"] = device_states
+        if jobs := store.jobs(run.run_id, record.variant_key, record.target_key):
+            result["jobs"] = jobs  # remote jobs (aihub): ids and links
         results.append(result)
     return {
         "run_id": run.run_id,

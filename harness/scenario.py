@@ -207,6 +207,15 @@ class Budget(Strict):
         raise AssertionError("validated to have one bound")
 
 
+class AiHubSettings(Strict):
+    """How the aihub target uses Qualcomm AI Hub (harness/targets/aihub.py)."""
+
+    profile: str | None = None  # qai-hub client profile (~/.qai_hub/<profile>.ini); default: its client.ini
+    target_runtime: Literal["qnn_context_binary", "onnx", "precompiled_qnn_onnx", "qnn_dlc", "tflite"] = \
+        "qnn_context_binary"
+    prefill_chunk: PositiveInt = 128  # prompt tokens per prefill graph call (Qualcomm's AR-128)
+
+
 class ScenarioFile(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -218,6 +227,7 @@ class ScenarioFile(Strict):
     budgets: list[Budget] = []
     device: DeviceRules = DeviceRules()
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
+    aihub: AiHubSettings = AiHubSettings()
 
     @field_validator("targets")
     @classmethod

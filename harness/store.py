@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS device_states (
     state TEXT NOT NULL,
     recorded_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    repetition INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 
@@ -203,6 +211,11 @@ class Store:
             self._db.execute("UPDATE results SET status='ok', error=NULL WHERE run_id=? AND variant_key=?"
                              " AND target_key=?", key)
 
+    def add_job(self, run_id: str, variant_key: str, target_key: str, repetition: int, record: dict) -> None:
+        """A remote job (or export) of a target, e.g. {"kind": "profile", "job_id", "url"}, as it is submitted."""
+        self._db.execute("INSERT INTO jobs (run_id, variant_key, target_key, repetition, record) VALUES (?,?,?,?,?)",
+                         (run_id, variant_key, target_key, repetition, json.dumps(record)))
+
     # -- reading ---------------------------------------------------------------------
     def completed(self, run_id: str) -> set[tuple[str, str, int]]:
         """(variant_key, target_key, repetition) of every repetition that finished ok."""
@@ -215,6 +228,11 @@ class Store:
             "SELECT repetition, phase, state FROM device_states WHERE run_id=? AND variant_key=? AND target_key=?"
             " ORDER BY rowid", (run_id, variant_key, target_key))
         return [{"repetition": r, "phase": p, **json.loads(state)} for r, p, state in rows]
+
+    def jobs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
+        rows = self._db.execute("SELECT repetition, record FROM jobs WHERE run_id=? AND variant_key=? AND target_key=?"
+                                " ORDER BY id", (run_id, variant_key, target_key))
+        return [{"repetition": repetition, **json.loads(record)} for repetition, record in rows]
 
     def runs(self, scenario: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs"

@@ -5,6 +5,10 @@ place of the runner's "measured" event it yields `{"event": "process", "peak_rss
 ..., "pss_bytes": ...}`, which the target measures itself. Device targets also yield
 `{"event": "device", "phase": "before"|"after", "state": {...}}` (and "energy_j" after).
 Anything that stops a run early raises `TargetError`.
+
+A target that does not run the runner (aihub) yields its own measurements instead:
+`{"event": "counters", "prompt_id": id or None, "counters": {metric: value or [values]}}`
+and `{"event": "job", ...}` records of remote jobs (ids, links), stored with the result.
 """
 
 from __future__ import annotations
@@ -48,13 +52,13 @@ class Target(Protocol):
     def run(self, job: Job, timeout_s: float) -> Iterator[dict]: ...
 
 
-def _local(argument: str | None) -> list[Target]:
+def _local(argument: str | None, settings: object = None) -> list[Target]:
     from harness.targets.local import LocalTarget
 
     return [LocalTarget()]
 
 
-def _adb(argument: str | None) -> list[Target]:
+def _adb(argument: str | None, settings: object = None) -> list[Target]:
     from harness.targets.adb import open_adb_targets
 
     targets = open_adb_targets(argument)
@@ -63,21 +67,29 @@ def _adb(argument: str | None) -> list[Target]:
     return targets
 
 
-KINDS: dict[str, Callable[[str | None], list[Target]]] = {"local": _local, "adb": _adb}
-PLANNED = ("aihub",)  # declared by the design, not built yet
+def _aihub(argument: str | None, settings: object = None) -> list[Target]:
+    from harness.scenario import AiHubSettings
+    from harness.targets.aihub import AiHubTarget
+
+    return [AiHubTarget(argument or "", settings or AiHubSettings())]
+
+
+# kind -> factory(argument after "kind:", the scenario's settings for that kind or None)
+KINDS: dict[str, Callable[[str | None, object], list[Target]]] = {"local": _local, "adb": _adb, "aihub": _aihub}
+NEEDS_ARGUMENT = {"aihub": 'a device name, e.g. aihub:"Samsung Galaxy S24 (Family)"'}
 
 
 def check_target_spec(spec: str) -> None:
     """Raise ValueError unless `spec` ('kind' or 'kind:argument') names a known kind."""
-    kind = spec.split(":", 1)[0]
-    if kind in KINDS:
-        return
-    if kind in PLANNED:
-        raise ValueError(f"target {spec!r} is not supported yet; supported: {', '.join(KINDS)}")
-    raise ValueError(f"unknown target {spec!r}; allowed: {', '.join(KINDS)}")
+    kind, _, argument = spec.partition(":")
+    if kind in NEEDS_ARGUMENT and not argument.strip():
+        raise ValueError(f"target {spec!r} needs {NEEDS_ARGUMENT[kind]}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown target {spec!r}; allowed: {', '.join(KINDS)}")
 
 
-def open_targets(spec: str) -> list[Target]:
+def open_targets(spec: str, settings: object = None) -> list[Target]:
+    """The targets `spec` names; `settings` is the scenario's block for that kind (e.g. `aihub:`)."""
     check_target_spec(spec)
     kind, _, argument = spec.partition(":")
-    return KINDS[kind](argument or None)
+    return KINDS[kind](argument or None, settings)

@@ -1,0 +1,1 @@
+"""Qualcomm AI Hub: a loopback test double of the service (the target is harness/targets/aihub.py)."""

@@ -1,0 +1,165 @@
+"""An emulated device: one ONNX model run with onnxruntime on this host, in its own process.
+
+    python -m harness.aihub.device profile MODEL.onnx RESULT.json [INPUTS.h5]
+    python -m harness.aihub.device infer MODEL.onnx RESULT.json INPUTS.h5 OUTPUTS.h5
+
+The loopback AI Hub starts one per profile or inference job, so a job's peak memory is
+that process's own (VmHWM) and a crash cannot take the service down. Everything written
+is measured here: load times, per-run inference times, memory and per-node times from
+onnxruntime's profiler. Every node runs on the host CPU, so each is reported as "CPU".
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+PROFILE_RUNS = 10  # timed inferences per profile job
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+             "tensor(int64)": np.int64}
+
+
+def memory_kb(field: str) -> int:
+    """VmHWM (peak) or VmRSS (current) of this process, in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def exact_session_options():
+    """onnxruntime options that compute the graph as written (here and in the export check).
+
+    By default onnxruntime fuses DequantizeLinear(int4) + MatMul into MatMulNBits with
+    int8-quantized activations (accuracy level 4), which moved the int4 logits by up to
+    2.2 from the engine's (0.86 without it).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    return options
+
+
+def _session(model: Path, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = exact_session_options()  # the emulated device runs the graph as written
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(session) -> dict[str, np.ndarray]:
+    """What AI Hub feeds a profile job without inputs: random floats; integer inputs get zeros
+    (valid token ids, positions and adapter slots)."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in session.get_inputs():
+        dtype = ORT_TYPES[spec.type]
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec.name] = (rng.standard_normal(spec.shape) * 0.02).astype(dtype)
+        else:
+            feeds[spec.name] = np.zeros(spec.shape, dtype)
+    return feeds
+
+
+def profile(model: Path, result: Path, inputs: Path | None = None) -> None:
+    """Load times, PROFILE_RUNS timed runs (on the dataset's first sample, else random data), memory.
+
+    The cold-loaded session runs once under onnxruntime's profiler for per-node times; the
+    timed runs use the warm-loaded session, without the profiler's overhead.
+    """
+    before_load = memory_kb("VmRSS")
+    start = time.perf_counter()
+    session = _session(model, profile_prefix=str(result.with_suffix("")))
+    cold_us = (time.perf_counter() - start) * 1e6
+    after_cold_peak = memory_kb("VmHWM")
+    feeds = read_samples(inputs, session)[0] if inputs else random_inputs(session)
+    session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    layers = _layers(json.loads(trace.read_text()))
+    trace.unlink()
+    del session
+    start = time.perf_counter()
+    session = _session(model)
+    warm_us = (time.perf_counter() - start) * 1e6
+    after_warm_peak = memory_kb("VmHWM")
+    before_run = memory_kb("VmRSS")
+    times, peaks = [], []
+    for _ in range(PROFILE_RUNS):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(round((time.perf_counter() - start) * 1e6))
+        peaks.append(memory_kb("VmHWM"))
+    result.write_text(json.dumps({
+        "execution_time": round(statistics.median(times)),
+        "all_execution_times": times,
+        "cold_load_time": round(cold_us), "warm_load_time": round(warm_us),
+        "cold_load_peak": [before_load * 1024, after_cold_peak * 1024],
+        "warm_load_peak": [before_load * 1024, after_warm_peak * 1024],
+        "execution_peak": [min(peaks) * 1024, max(peaks) * 1024],
+        "execution_increase": [(min(peaks) - before_run) * 1024, (max(peaks) - before_run) * 1024],
+        "layers": layers,
+    }))
+
+
+def _layers(trace: list[dict]) -> list[dict]:
+    """Per-node kernel time (us) of one profiled run, from onnxruntime's trace."""
+    totals: dict[str, dict] = {}
+    for event in trace:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        name = event["name"][: -len("_kernel_time")]
+        entry = totals.setdefault(name, {"name": name, "type": event["args"].get("op_name", ""),
+                                         "provider": event["args"].get("provider", ""), "time": 0})
+        entry["time"] += event["dur"]
+    return list(totals.values())
+
+
+def read_samples(inputs: Path, session) -> list[dict[str, np.ndarray]]:
+    """A qai-hub dataset (h5: data/{i}/batch_{k}, attrs name/order/batch_count) as the session's feeds."""
+    names = [spec.name for spec in session.get_inputs()]
+    with h5py.File(inputs, "r") as h5:
+        entries = {h5["data"][k].attrs["name"]: h5["data"][k] for k in h5["data"]}
+        missing = [n for n in names if n not in entries]
+        if missing:
+            raise ValueError(f"inputs lack {', '.join(missing)}")
+        count = int(entries[names[0]].attrs["batch_count"])
+        return [{n: np.array(entries[n][f"batch_{i}"]) for n in names} for i in range(count)]
+
+
+def infer(model: Path, result: Path, inputs: Path, outputs: Path) -> None:
+    session = _session(model)
+    results = [session.run(None, feeds) for feeds in read_samples(inputs, session)]
+    with h5py.File(outputs, "w") as h5:
+        for index, spec in enumerate(session.get_outputs()):
+            for i, values in enumerate(results):
+                h5.create_dataset(f"data/{index}/batch_{i}", data=values[index])
+            group = h5[f"data/{index}"]
+            group.attrs["name"], group.attrs["order"], group.attrs["batch_count"] = spec.name, index, len(results)
+    result.write_text(json.dumps({"samples": len(results), "peak": memory_kb("VmHWM") * 1024}))
+
+
+def main(argv: list[str]) -> int:
+    mode, model, result, *rest = argv
+    try:
+        if mode == "profile":
+            profile(Path(model), Path(result), Path(rest[0]) if rest else None)
+        else:
+            infer(Path(model), Path(result), Path(rest[0]), Path(rest[1]))
+    except Exception as exc:  # the service reports it as the job's failure reason
+        Path(result).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
