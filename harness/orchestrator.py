@@ -47,13 +47,15 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
     failed: set[tuple[str, str]] = set()
     baseline_outputs = _BaselineOutputs()
+    delay = environment.get("test_delay_ms_per_token", 0.0)
     try:
         for repetition in range(scenario.spec.workload.repetitions):
             for target in targets:
                 for variant in scenario.variants:
                     if (variant.key, target.info.key) in failed:
                         continue
-                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs)
+                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs,
+                                           delay)
                     try:
                         measure.run(on_step)
                     except TargetError as exc:
@@ -81,10 +83,11 @@ class _Measurement:
     """One repetition of one variant on one target: one runner process."""
 
     def __init__(self, scenario: Scenario, store: Store, run_id: str, target: Target, variant: Variant,
-                 repetition: int, baseline_outputs: _BaselineOutputs) -> None:
+                 repetition: int, baseline_outputs: _BaselineOutputs, delay_ms_per_token: float) -> None:
         self.scenario, self.store, self.run_id = scenario, store, run_id
         self.target, self.variant, self.repetition = target, variant, repetition
         self.baseline = baseline_outputs
+        self.delay_ms_per_token = delay_ms_per_token  # the test knob (harness.environment), whole run
         self.is_baseline = variant == scenario.baseline
         self.references = {p.id: p.reference for p in scenario.prompts}
 
@@ -99,6 +102,7 @@ class _Measurement:
             emit_teacher=self.is_baseline,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
+            delay_ms_per_token=self.delay_ms_per_token,
         )
         for event in self.target.run(job, workload.timeout_s):
             kind = event["event"]
