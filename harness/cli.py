@@ -230,7 +230,7 @@ def _document(store: Store | None, ref: str | None) -> dict:
 def _print_changes(baseline: dict, current: dict, changes: list[Change]) -> None:
     table = Table(title=f"{current['scenario']['name']}: run {current['run_id']} against {baseline['run_id']}")
     for heading in ("metric", "variant", "target"):
-        table.add_column(heading)
+        table.add_column(heading, no_wrap=True)
     for heading in ("baseline", "current", "ratio", "95 % interval", "p", "floor"):
         table.add_column(heading, justify="right")
     table.add_column("verdict")

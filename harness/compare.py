@@ -11,8 +11,11 @@ A change is judged on the raw samples of both runs:
 
 regressed / improved: significant and the median moved by at least the floor, in the
 metric's worse / better direction. unchanged: otherwise, when the 95 % interval of the
-ratio lies within 1 +- floor. too noisy to tell: otherwise (or fewer than MIN_SAMPLES
-samples on a side).
+ratio lies within [1 / (1 + floor), 1 + floor]. too noisy to tell: otherwise (or fewer
+than MIN_SAMPLES samples on a side).
+
+Sizes of change are symmetric (`change_size`): a halving and a doubling are both 100 %,
+so a floor can be reached in both directions whatever its size.
 """
 
 from __future__ import annotations
@@ -68,12 +71,19 @@ def judge(metric: str, baseline: list[float], current: list[float], floor: float
     else:
         lo, hi = ratio_of_medians(current, baseline, level=0.99)[1]
         significant = lo > 1 or hi < 1
-    if significant and abs(ratio - 1) >= floor:
+    if significant and change_size(ratio) >= floor:
         worse = (ratio > 1) == (METRICS[metric].better == "lower")
         return Judgement(ratio, interval, p, "regressed" if worse else "improved")
-    if 1 - floor <= interval[0] and interval[1] <= 1 + floor:
+    if max(change_size(interval[0]), change_size(interval[1])) <= floor:
         return Judgement(ratio, interval, p, "unchanged")
     return Judgement(ratio, interval, p, "too noisy to tell")
+
+
+def change_size(ratio: float) -> float:
+    """How far a ratio is from 1, the same both ways: 0.5 and 2.0 are both 1.0 (100 %)."""
+    if not 0 < ratio < math.inf:
+        return math.inf  # from or to zero; NaN too
+    return max(ratio, 1 / ratio) - 1
 
 
 def compare(baseline: dict, current: dict, noise: dict[tuple[str, str], float] | None = None) -> list[Change]:
@@ -107,7 +117,7 @@ def regressions(changes: Iterable[Change]) -> list[Change]:
 
 def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
     """Noise per (target key, metric) from two runs of the same build (A/A): how far from 1
-    the 95 % interval of their ratio of medians reaches, the largest over the variants."""
+    (`change_size`) the 95 % interval of their ratio of medians reaches, the largest over the variants."""
     noise: dict[tuple[str, str], float] = {}
     before = {_keys(r): r for r in first["results"]}
     for result in second["results"]:
@@ -118,7 +128,7 @@ def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
         for name, measured in result["metrics"].items():
             if name in base["metrics"]:
                 lo, hi = ratio_of_medians(measured["samples"], base["metrics"][name]["samples"])[1]
-                reach = max(abs(1 - lo), abs(hi - 1))
+                reach = max(change_size(lo), change_size(hi))
                 if math.isfinite(reach):
                     noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
     return noise

@@ -3,6 +3,7 @@
 Step rule: at run i, the raw samples of the WINDOW runs from i on are compared with those
 of the WINDOW runs before i (fewer at the ends, at least one each side). A step starts
 at i when Mann-Whitney U gives p < ALPHA and the median moved by at least the floor
+(a symmetric size, see `harness.compare.change_size`)
 (the scenario's `compare.min_effect`, or the calibrated noise when larger). Of adjacent
 runs that pass, the one with the largest change is the step. The verdict says which way
 the metric went: regressed or improved.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from harness.compare import ALPHA
+from harness.compare import ALPHA, change_size
 from harness.metrics import METRICS
 from harness.scenario import ScenarioFile
 from harness.stats import mann_whitney_p
@@ -82,17 +83,13 @@ def mark_steps(series: Series, floor: float) -> None:
         before = [v for p in points[max(0, i - WINDOW):i] for v in p.samples]
         after = [v for p in points[i:i + WINDOW] for v in p.samples]
         change = _ratio(float(np.median(after)), float(np.median(before)))
-        if abs(change - 1) >= floor and mann_whitney_p(after, before) < ALPHA:
+        if change_size(change) >= floor and mann_whitney_p(after, before) < ALPHA:
             worse = (change > 1) == (METRICS[series.metric].better == "lower")
             candidates.append((i, "regressed" if worse else "improved", change))
     for i, verdict, change in candidates:
         rivals = [c for j, v, c in candidates if abs(j - i) < WINDOW and v == verdict]
-        if _size(change) >= max(_size(c) for c in rivals):
+        if change_size(change) >= max(change_size(c) for c in rivals):
             points[i].step, points[i].change = verdict, change
-
-
-def _size(change: float) -> float:
-    return abs(math.log(change)) if 0 < change < math.inf else math.inf
 
 
 def _ratio(current: float, baseline: float) -> float:
