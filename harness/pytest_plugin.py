@@ -3,6 +3,8 @@
 The first item of a file runs the whole scenario (repetitions interleaved across its
 variants, stored like `harness run`); every item then checks its variant's status and
 budgets. A missed budget fails with the variant, the measured value and the limit.
+With `--harness-against last-good` (or a run id) every item also carries its compare
+verdicts as user properties (in `--junitxml`) and fails on a regression.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.budgets import Verdict, evaluate, variant_of
+from harness.compare import Change, compare, last_good, regressions
 from harness.errors import HarnessError
+from harness.format import fmt
 from harness.orchestrator import resolve_targets, run_scenario
 from harness.results import build_results
 from harness.scenario import Scenario, Variant, load_scenario
@@ -24,6 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "hil-harness scenarios")
     group.addoption("--harness-db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
     group.addoption("--harness-target", action="append", help="run scenarios on this target instead (repeatable)")
+    group.addoption("--harness-against", metavar="RUN",
+                    help="compare each scenario run with this run id, or 'last-good'; a regression fails its item")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -40,6 +46,8 @@ class ScenarioCollector(pytest.File):
     scenario: Scenario
     targets: list[Target]
     _document: dict | None = None
+    changes: list[Change] = []  # compare verdicts of the run, with --harness-against
+    compared_against: str | None = None  # what the run was compared with, for the properties
 
     def collect(self):
         self.scenario = load_scenario(self.path)
@@ -60,8 +68,24 @@ class ScenarioCollector(pytest.File):
             store = Store(self.config.getoption("harness_db"))
             run_id = run_scenario(self.scenario, self.targets, store)
             self._document = build_results(store, run_id)
+            self._compare(store)
             store.close()
         return self._document, evaluate(self._document)
+
+    def _compare(self, store: Store) -> None:
+        against = self.config.getoption("harness_against")
+        if against is None:
+            return
+        if against == "last-good":
+            try:
+                against = last_good(store, store.run(self._document["run_id"])).run_id
+            except HarnessError:
+                self.compared_against = "no earlier good run to compare with"
+                return
+        baseline = build_results(store, against)
+        self.changes = compare(baseline, self._document, store.noise(self.scenario.name))
+        self.compared_against = f"run {against}"
+        store.record_comparison(self._document["run_id"], against, len(regressions(self.changes)))
 
 
 class VariantItem(pytest.Item):
@@ -80,11 +104,27 @@ class VariantItem(pytest.Item):
         for verdict in mine:
             self.user_properties.append(("budget", verdict.text))
         missed = [v.text for v in mine if not v.passed]
-        if missed:
-            raise ScenarioFailure("budget missed:\n  " + "\n  ".join(missed))
+        regressed = self._verdicts()
+        problems = (["budget missed:", *missed] if missed else []) + (
+            [f"regressed against {self.parent.compared_against}:", *regressed] if regressed else [])
+        if problems:
+            raise ScenarioFailure("\n  ".join(problems))
+
+    def _verdicts(self) -> list[str]:
+        """Record this variant's compare verdicts as properties; the regressions, as failure lines."""
+        if self.parent.compared_against is None:
+            return []
+        self.user_properties.append(("compared_against", self.parent.compared_against))
+        mine = [c for c in self.parent.changes if (c.variant, c.target) == (self.variant.key, self.target_key)]
+        for c in mine:
+            self.user_properties.append((f"compare:{c.metric}", f"{c.verdict}: ratio {fmt(c.ratio)} "
+                                         f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}], p {fmt(c.p_value)}"))
+        return [f"{c.metric} ratio {fmt(c.ratio)} "
+                f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}], p {fmt(c.p_value)}, floor {c.floor:.0%}"
+                for c in regressions(mine)]
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, ScenarioFailure):
+        if isinstance(excinfo.value, (ScenarioFailure, HarnessError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
 

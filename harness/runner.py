@@ -39,6 +39,7 @@ class Job:
     emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
+    delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.environment)
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -69,22 +70,31 @@ def run(job: Job) -> None:
     adapters_dir = Path(job.adapters_dir) if job.adapters_dir else None
     server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens)
     load_ms = (time.perf_counter() - start) * 1e3
+    slowdown = _slow_down(engine.model, job.delay_ms_per_token) if job.delay_ms_per_token else None
     emit(
         "loaded",
         load_ms=load_ms,
         weights_bytes=engine.weights_bytes,
         kv_cache_bytes=engine.kv_cache_bytes(),
         adapter_bytes=server.adapter_bytes,
-        engine={"name": "reference", "torch": torch.__version__, "threads": torch.get_num_threads()},
+        engine={"name": "reference", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "test_delay_ms_per_token": job.delay_ms_per_token},
     )
     warmups = [job.prompts[i % len(job.prompts)] for i in range(job.warmup)]
     outputs = {}
     for index, prompt in enumerate(warmups + job.prompts):
         outputs[prompt["id"]] = _request(server, prompt, job.max_new_tokens, warmup=index < len(warmups))
     emit("measured")
+    if slowdown is not None:
+        slowdown.remove()  # fidelity scoring is untimed
     server.restore_base()  # fidelity is of the variant's weights, without adapters
     _fidelity(engine, job, outputs)
     emit("done")
+
+
+def _slow_down(model, delay_ms: float):
+    """Sleep after every forward call of the model: the decode steps (prefill runs `hidden`)."""
+    return model.register_forward_hook(lambda *_: time.sleep(delay_ms / 1e3))
 
 
 def _fidelity(engine, job: Job, outputs: dict[str, tuple[list[int], list[int]]]) -> None:

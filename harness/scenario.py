@@ -216,6 +216,30 @@ class AiHubSettings(Strict):
     prefill_chunk: PositiveInt = 128  # prompt tokens per prefill graph call (Qualcomm's AR-128)
 
 
+DEFAULT_MIN_EFFECT = 0.05  # a relative change of a median smaller than 5 % is "unchanged"
+
+
+class CompareSpec(Strict):
+    """How `harness compare` judges a change between two runs.
+
+    `min_effect` maps a metric (or `default`, for every metric not named) to the smallest
+    relative change of its median that counts as improved or regressed: 0.1 = 10 %.
+    """
+
+    min_effect: dict[str, PositiveFloat] = {}
+
+    @field_validator("min_effect")
+    @classmethod
+    def _known_metrics(cls, effects: dict[str, float]) -> dict[str, float]:
+        for name in effects:
+            if name != "default" and name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; allowed: default, {', '.join(METRICS)}")
+        return effects
+
+    def effect(self, metric: str) -> float:
+        return self.min_effect.get(metric, self.min_effect.get("default", DEFAULT_MIN_EFFECT))
+
+
 class ScenarioFile(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -226,6 +250,7 @@ class ScenarioFile(Strict):
     targets: list[str] = Field(default=["local"], min_length=1)
     budgets: list[Budget] = []
     device: DeviceRules = DeviceRules()
+    compare: CompareSpec = CompareSpec()
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
     aihub: AiHubSettings = AiHubSettings()
 

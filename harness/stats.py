@@ -2,13 +2,17 @@
 
 Intervals are percentile bootstraps of the median with a fixed seed, so the same samples
 always give the same interval. With few samples the interval is wide, as it should be.
+Two runs are compared with Mann-Whitney U (scipy), a test on ranks that assumes no shape
+of the distribution, as asv does.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 BOOTSTRAP_RESAMPLES = 2000
 _SEED = 20261121
@@ -43,17 +47,33 @@ def summarize(samples: list[float]) -> Summary:
     )
 
 
-def ratio_of_medians(current: list[float], baseline: list[float]) -> tuple[float, tuple[float, float]]:
-    """median(current) / median(baseline) with a bootstrap 95 % interval of that ratio."""
+def ratio_of_medians(current: list[float], baseline: list[float],
+                     level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """median(current) / median(baseline) with a bootstrap interval of that ratio (0 / 0 counts as 1)."""
     cur, base = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
     rng = np.random.default_rng(_SEED)
-    cur_medians = _resampled_medians(cur, rng)
-    base_medians = _resampled_medians(base, rng)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = cur_medians / base_medians
-        point = float(np.median(cur) / np.median(base))
-    lo, hi = np.nanpercentile(ratios, [2.5, 97.5]) if np.isfinite(ratios).any() else (np.nan, np.nan)
+    ratios = _ratio(_resampled_medians(cur, rng), _resampled_medians(base, rng))
+    point = float(_ratio(np.median(cur), np.median(base)))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail]) if np.isfinite(ratios).any() else (np.nan, np.nan)
     return point, (float(lo), float(hi))
+
+
+def mann_whitney_p(current: list[float], baseline: list[float]) -> float:
+    """Two-sided Mann-Whitney U p-value; 1.0 when every sample has the same value."""
+    if len(set(current) | set(baseline)) == 1:
+        return 1.0
+    return float(mannwhitneyu(current, baseline, alternative="two-sided").pvalue)
+
+
+def smallest_p(n_current: int, n_baseline: int) -> float:
+    """The smallest two-sided p-value Mann-Whitney U can give for these sample counts (5 vs 5: 2/252)."""
+    return 2 / math.comb(n_current + n_baseline, n_current)
+
+
+def _ratio(current: np.ndarray | float, baseline: np.ndarray | float) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((current == 0) & (baseline == 0), 1.0, np.divide(current, baseline))
 
 
 def _bootstrap_ci(values: np.ndarray) -> tuple[float, float]:

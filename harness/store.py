@@ -91,6 +91,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     repetition INTEGER NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS noise (
+    scenario TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    noise REAL NOT NULL,
+    run_a TEXT NOT NULL,
+    run_b TEXT NOT NULL,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (scenario, target_key, metric)
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    run_id TEXT NOT NULL,
+    against TEXT NOT NULL,
+    regressions INTEGER NOT NULL,
+    compared_at REAL NOT NULL,
+    PRIMARY KEY (run_id, against)
+);
 """
 
 
@@ -215,6 +232,18 @@ class Store:
         """A remote job (or export) of a target, e.g. {"kind": "profile", "job_id", "url"}, as it is submitted."""
         self._db.execute("INSERT INTO jobs (run_id, variant_key, target_key, repetition, record) VALUES (?,?,?,?,?)",
                          (run_id, variant_key, target_key, repetition, json.dumps(record)))
+    def set_noise(self, scenario: str, run_a: str, run_b: str, noise: dict[tuple[str, str], float]) -> None:
+        """A calibration's result, per (target key, metric); replaces the scenario's earlier one."""
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO noise VALUES (?,?,?,?,?,?,?)",
+                [(scenario, target, metric, value, run_a, run_b, now) for (target, metric), value in noise.items()],
+            )
+
+    def record_comparison(self, run_id: str, against: str, regressions: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO comparisons VALUES (?,?,?,?)",
+                         (run_id, against, regressions, time.time()))
 
     # -- reading ---------------------------------------------------------------------
     def completed(self, run_id: str) -> set[tuple[str, str, int]]:
@@ -265,6 +294,18 @@ class Store:
         )
         return [Sample(*row) for row in rows]
 
+    def run_samples(self, run_id: str, metrics: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[float]]:
+        """A run's measured samples (warm-ups excluded) per (variant key, target key, metric)."""
+        query = "SELECT variant_key, target_key, metric, value FROM samples WHERE run_id=? AND warmup=0"
+        args: tuple = (run_id,)
+        if metrics is not None:
+            query += f" AND metric IN ({','.join('?' * len(metrics))})"
+            args += tuple(metrics)
+        grouped: dict[tuple[str, str, str], list[float]] = {}
+        for variant, target, metric, value in self._db.execute(query + " ORDER BY id", args):
+            grouped.setdefault((variant, target, metric), []).append(value)
+        return grouped
+
     def outputs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:
         rows = self._db.execute(
             "SELECT repetition, prompt_id, adapter, text, token_ids FROM outputs"
@@ -273,6 +314,16 @@ class Store:
         )
         return [{"repetition": r, "prompt_id": p, "adapter": a or None, "text": t, "token_ids": json.loads(ids)}
                 for r, p, a, t, ids in rows]
+
+    def noise(self, scenario: str) -> dict[tuple[str, str], float]:
+        """The calibrated noise of a scenario's metrics per (target key, metric); empty if never calibrated."""
+        rows = self._db.execute("SELECT target_key, metric, noise FROM noise WHERE scenario=?", (scenario,))
+        return {(target, metric): value for target, metric, value in rows}
+
+    def regressed(self, run_id: str) -> bool:
+        """Whether any comparison of this run against another found a regression."""
+        row = self._db.execute("SELECT MAX(regressions) FROM comparisons WHERE run_id=?", (run_id,)).fetchone()
+        return bool(row[0])
 
     @staticmethod
     def _run(row: tuple) -> RunRecord:

@@ -1,8 +1,9 @@
-"""Shared fixtures: scenario files written on the fly, and one real smoke run per session."""
+"""Shared fixtures: scenario files written on the fly; real smoke and compare runs, once per session."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from harness.results import build_results
+from harness.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
@@ -62,3 +66,103 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     process = harness("run", "scenarios/smoke.yaml", "--db", str(run.db), "--json", str(run.json),
                       "--report", str(run.html))
     return SmokeRun(process, run.db, run.json, run.html)
+
+
+DELAY_MS = 250  # ms after each decode step: several times the model's own time per token, even on a busy machine
+# Two prompts of the same token length that both run to max_new_tokens: per-request counters
+# then have one mode, not one per prompt, and their medians are stable between runs.
+TINY_PROMPTS = [
+    {"id": "count", "prompt": "Count from one to twenty, in words."},
+    {"id": "days", "prompt": "Name the days of the week, in order."},
+]
+TINY = {
+    "name": "tiny-compare",
+    "variants": {"precision": ["fp16"]},
+    "baseline": {"precision": "fp16"},
+    # 5 processes: process counters can reach p 2/252 < 0.01 with Mann-Whitney; per-request ones far lower.
+    "workload": {"prompts": "prompts.jsonl", "max_new_tokens": 6, "repetitions": 5, "warmup": 1},
+    # A/A on a shared 2-core machine moves medians by up to ~20 %; the delay moves them several-fold.
+    "compare": {"min_effect": {"default": 0.25}},
+}
+
+
+@dataclass(frozen=True)
+class CompareRuns:
+    db: Path
+    first: dict  # the two A/A runs of `harness calibrate`
+    second: dict
+    slowed: dict  # the run with the delay knob
+    calibrate: subprocess.CompletedProcess
+    pytest: subprocess.CompletedProcess
+    junit: Path
+
+
+@pytest.fixture(scope="session")
+def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
+    """Three real runs of a tiny scenario in one store, once per session: `harness calibrate`
+    (two A/A runs, their noise stored), then `pytest` on the scenario with the delay knob and
+    `--harness-against last-good` (the regression run, with JUnit XML)."""
+    out = tmp_path_factory.mktemp("compare")
+    scenario = write_scenario(out / "scenarios", TINY_PROMPTS, **TINY)
+    db, junit = out / "results.sqlite", out / "junit.xml"
+    calibrate = harness("calibrate", str(scenario), "--db", str(db))
+    env = {**os.environ, "HARNESS_TEST_DELAY_MS_PER_TOKEN": str(DELAY_MS)}
+    plugin = subprocess.run([sys.executable, "-m", "pytest", str(scenario), "-p", "no:cacheprovider", "-q",
+                             "--harness-db", str(db), "--harness-against", "last-good", "--junitxml", str(junit)],
+                            cwd=out, env=env, capture_output=True, text=True)
+    store = Store(db)
+    first, second, slowed = (build_results(store, r.run_id) for r in store.runs("tiny-compare"))
+    store.close()
+    return CompareRuns(db, first, second, slowed, calibrate, plugin, junit)
+
+
+WIDE_RUNS, STEP_RUN = 100, 70  # the synthetic store's runs; fp32-s1-greedy decodes 40 % slower from STEP_RUN on
+WIDE_SCENARIO = """\
+name: wide
+variants:
+  precision: [fp32, fp16, int4]
+  streams: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+  include: [{precision: fp16, decoding: ds2d}, {precision: int4, decoding: ds2d}]
+baseline: {precision: fp16, streams: 1, decoding: greedy}
+workload: {prompts: prompts.jsonl}
+"""
+
+
+@pytest.fixture(scope="session")
+def wide_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store shaped like 100 nightly runs of 50 variants, for the report's and history's scale.
+
+    The numbers are drawn from a seeded generator: this tests layout and the step rule,
+    not the model (real runs are what the other fixtures make).
+    """
+    import numpy as np
+
+    from harness.scenario import ScenarioFile
+    from harness.store import Sample
+
+    path = tmp_path_factory.mktemp("wide") / "results.sqlite"
+    store = Store(path)
+    store._db.execute("PRAGMA synchronous=OFF")  # 10 000 commits: no need to reach the disk for each
+    variants = ScenarioFile.model_validate(yaml.safe_load(WIDE_SCENARIO)).variants.expand()
+    target = {"kind": "local", "name": "local", "serial": "ci", "model": "cpu", "soc": "x86_64", "emulated": False}
+    prompts = [{"id": "q1", "prompt": "?", "kind": "qa"}, {"id": "q2", "prompt": "?", "kind": "open"}]
+    rng = np.random.default_rng(4)
+    for run in range(WIDE_RUNS):
+        run_id = store.begin_run("wide", "wide.yaml", "0" * 64, WIDE_SCENARIO, prompts, "0.1.0", None,
+                                 {"hostname": "ci"})
+        for number, variant in enumerate(variants):
+            store.add_result(run_id, variant.key, "local", variant.as_dict(), target)
+            slow = 0.6 if number == 0 and run >= STEP_RUN else 1.0
+            samples = [Sample("weights_bytes", 2.7e8, rep, None) for rep in range(3)]
+            samples += [Sample("peak_rss_bytes", 6e8 * (1 + rng.normal(0, 0.002)), rep, None) for rep in range(3)]
+            for rep in range(3):
+                for prompt in prompts:
+                    samples.append(Sample("decode_tokens_per_s", 40 * slow * (1 + rng.normal(0, 0.02)), rep, prompt["id"]))
+                    samples.append(Sample("ttft_ms", 50 * (1 + rng.normal(0, 0.02)), rep, prompt["id"]))
+            store.add_samples(run_id, variant.key, "local", samples)
+            if run == WIDE_RUNS - 1:
+                for prompt in prompts:
+                    store.add_output(run_id, variant.key, "local", 0, prompt["id"], None, "<b>text</b>", [1, 2])
+        store.end_run(run_id, "ok")
+    store.close()
+    return path

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.budgets import variant_of  # noqa: E402
+from harness.metrics import METRICS  # noqa: E402
 from harness.targets import TargetInfo  # noqa: E402
 
 
@@ -82,4 +83,58 @@ def memory_split(results: list[dict]) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("peak RSS (MiB), split into weights, KV cache and the rest")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    return _png(fig)
+
+
+def acceptance_by_depth(results: list[dict]) -> str | None:
+    """DS2D: share of draft steps whose accepted path reached each depth, one line per variant."""
+    rows = _measured(results, "acceptance_depth_1")
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for r in rows:
+        depths = [d for d in range(1, 9) if f"acceptance_depth_{d}" in r["metrics"]]
+        ax.plot(depths, [r["metrics"][f"acceptance_depth_{d}"]["median"] for d in depths], marker="o",
+                label=_label(r).replace("\n", " @ "))
+    ax.set_xlabel("draft depth d")
+    ax.set_ylabel("share of steps reaching d (median)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def speedup_by_streams(results: list[dict]) -> str | None:
+    """Multi-stream: K sequential runs / one K-stream run, median with 95 % interval, by K."""
+    rows = _measured(results, "multistream_speedup")
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for r in rows:
+        m = r["metrics"]["multistream_speedup"]
+        k = r["variant"]["streams"]
+        ax.errorbar([k], [m["median"]], yerr=[[m["median"] - m["ci95"][0]], [m["ci95"][1] - m["median"]]],
+                    fmt="o", capsize=4, label=_label(r).replace("\n", " @ "))
+    ax.axhline(1.0, color="#999", linewidth=1, linestyle="--")
+    ax.set_xlabel("streams K")
+    ax.set_ylabel("speedup over K sequential runs (x)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def trend(series: list, metric: str) -> str | None:
+    """One metric's median per run, one line per variant @ target, step changes marked."""
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for s in series:
+        x = list(range(len(s.points)))
+        label = f"{s.variant} @ {s.target}" + (" (emulated)" if s.emulated else "")
+        ax.plot(x, [p.median for p in s.points], marker=".", linewidth=1, label=label)
+        for i, p in enumerate(s.points):
+            if p.step:
+                ax.plot(i, p.median, marker="v" if p.step == "regressed" else "^", markersize=11,
+                        color="#b3261e" if p.step == "regressed" else "#17703a")
+    ax.set_xlabel("run (oldest first); a step change starts at a red down (regressed) or green up (improved) marker")
+    ax.set_ylabel(f"{metric} median ({METRICS[metric].unit})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _png(fig)

@@ -1,21 +1,31 @@
 """The HTML report: one self-contained file (inline CSS, charts as data URIs, no network).
 
-All text goes through jinja2's autoescaping; nothing from a scenario, a prompt or a
-model output is marked safe.
+All text goes through jinja2's autoescaping, and the pandas tables through `to_html`'s
+escaping; nothing from a scenario, a prompt or a model output is marked safe unescaped.
+It stays readable at 50 variants and 100 past runs: sections fold (<details>), and a
+chart with more rows than CHART_LIMIT gives way to its table.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import jinja2
+import pandas as pd
+from markupsafe import Markup
 
 from harness.budgets import Verdict, evaluate, spec_of, variant_of
+from harness.format import fmt
+from harness.history import Series
 from harness.metrics import METRICS
 from harness.report import charts
 from harness.stats import ratio_of_medians
 from harness.targets import TargetInfo
+
+CHART_LIMIT = 16  # variant x target rows in one chart
+TREND_LINES = 12  # series in one trend chart
+TREND_METRICS = ("decode_tokens_per_s", "ttft_ms", "e2e_ms", "peak_rss_bytes")
+SIDE_BY_SIDE = 6  # output columns shown side by side; more: one table per prompt
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("harness.report", "templates"),
@@ -24,47 +34,87 @@ _ENV = jinja2.Environment(
 )
 
 
-def _fmt(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
-        return f"{value:.3g}"
-    return f"{value:,.2f}"
-
-
-_ENV.filters["fmt"] = _fmt
+_ENV.filters["fmt"] = fmt
 _ENV.filters["target_key"] = lambda target: TargetInfo(**target).key
 
 
+def _target_label(target: dict) -> str:
+    return TargetInfo(**target).key + (" (emulated)" if target["emulated"] else "")
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def _find(results: list[dict], target: dict, selector) -> dict | None:
+    return next((r for r in results if r["target"] == target and selector.matches(variant_of(r))), None)
+
+
+def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
+    """Each comparison the scenario declares: a ratio budget, or a budget on a speedup counter."""
+    spec, results = spec_of(document), document["results"]
+    rows = []
+    for v in verdicts:
+        budget, metric = v.budget, METRICS[v.budget.metric]
+        kind, limit = budget.bound
+        if not (kind.endswith("_ratio") or metric.unit == "x"):
+            continue
+        result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
+        reference = _find(results, result["target"], budget.against or spec.baseline) if kind.endswith("_ratio") else None
+        interval = _comparison_interval(result, reference, budget)
+        versus = f" vs {variant_of(reference).key}" if reference else ""
+        rows.append({
+            "what": f"{v.variant}{versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
+            "emulated": result["target"]["emulated"], "measured": v.measured, "interval": interval,
+            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if kind.endswith('_ratio') else ''}",
+            "stat": "ratio of " + budget.stat + "s" if reference else budget.stat, "passed": v.passed,
+        })
+    return rows
+
+
+def _comparison_interval(result: dict, reference: dict | None, budget) -> tuple[float, float] | None:
+    def metrics(r: dict) -> dict:
+        return r["metrics"] if budget.kind is None else r["metrics_by_kind"].get(budget.kind, {})
+
+    mine = metrics(result).get(budget.metric)
+    if mine is None:
+        return None
+    if reference is None:
+        return tuple(mine["ci95"])
+    theirs = metrics(reference).get(budget.metric)
+    return None if theirs is None else ratio_of_medians(mine["samples"], theirs["samples"])[1]
+
+
 def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
-    """Per metric: one row per variant x target with median, interval and ratio to baseline."""
+    """Per metric: a pandas table, one row per variant x target, with the ratio to the baseline."""
+    results = document["results"]
     tables = []
     for name, metric in METRICS.items():
-        rows = []
-        for result in document["results"]:
-            if name not in result["metrics"]:
-                continue
+        records = []
+        for result in (r for r in results if name in r["metrics"]):
             m = result["metrics"][name]
-            target = TargetInfo(**result["target"])
-            base = next((r for r in document["results"] if TargetInfo(**r["target"]) == target
+            base = next((r for r in results if r["target"] == result["target"]
                          and variant_of(r).key == baseline_key and name in r["metrics"]), None)
-            ratio, ratio_ci = (None, (None, None))
-            if base is not None:
-                ratio, ratio_ci = ratio_of_medians(m["samples"], base["metrics"][name]["samples"])
-            rows.append({"variant": variant_of(result).key, "target": target.key, "emulated": target.emulated,
-                         "m": m, "ratio": ratio, "ratio_ci": ratio_ci})
-        if rows:
-            tables.append({"metric": metric, "rows": rows})
+            ratio, ratio_ci = ratio_of_medians(m["samples"], base["metrics"][name]["samples"]) if base else (None, (None, None))
+            records.append({
+                "variant": variant_of(result).key, "target": _target_label(result["target"]), "n": m["n"],
+                "median": fmt(m["median"]), "95 % interval": _interval(*m["ci95"]), "mean": fmt(m["mean"]),
+                "stdev": fmt(m["stdev"]), "p90": fmt(m["p90"]), "p99": fmt(m["p99"]),
+                "ratio to baseline": fmt(ratio), "ratio 95 % interval": _interval(*ratio_ci),
+            })
+        if records:
+            table = pd.DataFrame.from_records(records).to_html(index=False, escape=True, border=0, classes="metric")
+            tables.append({"metric": metric, "rows": len(records), "html": Markup(table)})
     return tables
 
 
 def _outputs(document: dict) -> tuple[list[str], list[dict]]:
-    """Outputs side by side: one row per prompt, one column per variant x target x adapter."""
+    """Outputs side by side: one row per prompt, one column per variant x target x adapter (style)."""
     columns: list[str] = []
     cells: dict[tuple[str, str], str] = {}  # (prompt, column) -> text
     for result in document["results"]:
         for output in result["outputs"]:
-            column = f"{variant_of(result).key} @ {TargetInfo(**result['target']).key}"
+            column = f"{variant_of(result).key} @ {_target_label(result['target'])}"
             if output.get("adapter"):
                 column += f" · {output['adapter']}"
             if column not in columns:
@@ -74,7 +124,39 @@ def _outputs(document: dict) -> tuple[list[str], list[dict]]:
     return columns, [{"prompt_id": p, "texts": [cells.get((p, c), "") for c in columns]} for p in prompts]
 
 
-def render_html(document: dict, verdicts: list[Verdict] | None = None) -> str:
+def _targets(document: dict) -> list[dict]:
+    """What stands behind each number: every target's identity and state as the target reported it."""
+    return list({TargetInfo(**r["target"]).key: r["target"] for r in document["results"]}.values())
+
+
+def _trends(series: list[Series]) -> dict:
+    """Per trend metric: a chart when the series fit in one, and a table of every series with its steps."""
+    by_metric = {m: [s for s in series if s.metric == m and len(s.points) > 1] for m in TREND_METRICS}
+    rows = [{"variant": s.variant, "target": s.target + (" (emulated)" if s.emulated else ""), "metric": s.metric,
+             "runs": len(s.points), "first": fmt(s.points[0].median), "last": fmt(s.points[-1].median),
+             "steps": "; ".join(f"{p.run_id}: {p.step} x{p.change:.2f}" for p in s.steps) or "-"}
+            for s in series if len(s.points) > 1]
+    return {
+        "charts": {m: charts.trend(s, m) for m, s in by_metric.items() if s and len(s) <= TREND_LINES},
+        "steps": [r for r in rows if r["steps"] != "-"],
+        "table": Markup(pd.DataFrame.from_records(rows).to_html(index=False, escape=True, border=0, classes="metric"))
+        if rows else None,
+    }
+
+
+def _charts(results: list[dict]) -> dict[str, str | None]:
+    if len(results) > CHART_LIMIT:
+        return {}
+    return {
+        "End-to-end latency per request": charts.latency_distribution(results, "e2e_ms"),
+        "Decode speed": charts.median_with_interval(results, "decode_tokens_per_s"),
+        "Memory": charts.memory_split(results),
+        "DS2D acceptance by draft depth": charts.acceptance_by_depth(results),
+        "Multi-stream speedup by K": charts.speedup_by_streams(results),
+    }
+
+
+def render_html(document: dict, verdicts: list[Verdict] | None = None, trends: list[Series] | None = None) -> str:
     spec = spec_of(document)
     verdicts = evaluate(document) if verdicts is None else verdicts
     baseline_key = next(variant_of(r).key for r in document["results"] if spec.baseline.matches(variant_of(r)))
@@ -85,18 +167,21 @@ def render_html(document: dict, verdicts: list[Verdict] | None = None) -> str:
         spec=spec,
         baseline_key=baseline_key,
         verdicts=verdicts,
+        headline=_headline(document, verdicts),
         tables=_metric_tables(document, baseline_key),
         output_columns=columns,
         outputs=outputs,
+        side_by_side=len(columns) <= SIDE_BY_SIDE,
+        targets=_targets(document),
         any_emulated=any(r["target"]["emulated"] for r in results),
-        charts={
-            "End-to-end latency per request": charts.latency_distribution(results, "e2e_ms"),
-            "Decode speed": charts.median_with_interval(results, "decode_tokens_per_s"),
-            "Memory": charts.memory_split(results),
-        },
+        charts=_charts(results),
+        chart_limit=CHART_LIMIT,
+        trends=_trends(trends or []),
+        delay=document["environment"].get("test_delay_ms_per_token"),
     )
 
 
-def write_html(document: dict, path: Path, verdicts: list[Verdict] | None = None) -> None:
+def write_html(document: dict, path: Path, verdicts: list[Verdict] | None = None,
+               trends: list[Series] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(document, verdicts), encoding="utf-8")
+    path.write_text(render_html(document, verdicts, trends), encoding="utf-8")

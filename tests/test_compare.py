@@ -1,0 +1,126 @@
+"""`harness compare` and `harness calibrate`: verdicts on real A/A runs and on a run slowed on purpose.
+
+The `compare_runs` session fixture (conftest) makes the three real runs these tests read.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DELAY_MS, CompareRuns, harness, write_scenario
+from harness.compare import compare, judge
+from harness.errors import HarnessError
+from harness.scenario import load_scenario
+from harness.store import Store
+
+SPEED = ("decode_tokens_per_s", "itl_ms", "e2e_ms")  # what a delay per decode step slows down
+
+
+def test_calibrate_stores_noise_per_target(compare_runs: CompareRuns) -> None:
+    assert compare_runs.calibrate.returncode == 0, compare_runs.calibrate.stderr[-2000:]
+    noise = Store(compare_runs.db).noise("tiny-compare")
+    assert {metric for target, metric in noise} >= {"ttft_ms", *SPEED, "load_ms"}
+    assert {target for target, _ in noise} == {"local"}
+    assert all(value >= 0 for value in noise.values())
+    assert noise[("local", "weights_bytes")] == 0  # the same bytes in both runs
+    assert "A/A noise" in compare_runs.calibrate.stdout
+
+
+def test_aa_runs_are_unchanged_for_every_metric(compare_runs: CompareRuns) -> None:
+    changes = compare(compare_runs.first, compare_runs.second)  # the scenario's floor only, no calibrated noise
+    assert len(changes) >= 10
+    assert {c.metric: c.verdict for c in changes if c.verdict != "unchanged"} == {}
+
+
+def test_cli_aa_compare_exits_0(compare_runs: CompareRuns, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    done = harness("compare", compare_runs.first["run_id"], compare_runs.second["run_id"], "--db", str(compare_runs.db),
+                   "--markdown", str(summary))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "regressed" not in done.stdout
+    text = summary.read_text()
+    assert text.startswith("## hil-harness compare: tiny-compare") and "unchanged" in text
+
+
+def test_slowed_run_records_the_knob(compare_runs: CompareRuns) -> None:
+    assert compare_runs.slowed["environment"]["test_delay_ms_per_token"] == DELAY_MS
+    assert "test_delay_ms_per_token" not in compare_runs.first["environment"]
+
+
+def test_slowed_run_regresses_speed_and_exits_1(compare_runs: CompareRuns, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    done = harness("compare", "--against", "last-good", "--db", str(compare_runs.db), "--markdown", str(summary))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    changes = compare(compare_runs.second, compare_runs.slowed, Store(compare_runs.db).noise("tiny-compare"))
+    verdicts = {c.metric: c.verdict for c in changes}
+    assert all(verdicts[name] == "regressed" for name in SPEED), verdicts
+    assert verdicts["weights_bytes"] == "unchanged"
+    text = summary.read_text()
+    assert f"against `{compare_runs.second['run_id']}` (last good)" in text  # the latest un-slowed run
+    assert "slowed on purpose" in text and "| **regressed** | decode_tokens_per_s |" in text
+
+
+def test_junit_xml_carries_the_verdicts(compare_runs: CompareRuns) -> None:
+    assert compare_runs.pytest.returncode == 1, compare_runs.pytest.stdout[-3000:]
+    case = ET.parse(compare_runs.junit).find(".//testcase")
+    properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert properties["compared_against"] == f"run {compare_runs.second['run_id']}"
+    assert properties["compare:decode_tokens_per_s"].startswith("regressed: ratio ")
+    assert properties["compare:weights_bytes"].startswith("unchanged: ratio 1.00")
+    failure = case.find("failure")
+    assert failure is not None and "regressed against run" in failure.get("message") + (failure.text or "")
+
+
+def test_a_regressed_run_is_never_last_good(compare_runs: CompareRuns) -> None:
+    store = Store(compare_runs.db)
+    assert store.regressed(compare_runs.slowed["run_id"]) and not store.regressed(compare_runs.second["run_id"])
+
+
+def test_compare_needs_two_runs_or_against(compare_runs: CompareRuns) -> None:
+    done = harness("compare", compare_runs.first["run_id"], "--db", str(compare_runs.db))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "give BASELINE and CURRENT" in done.stderr
+
+
+# -- the rule, on made-up samples (no timing involved) -------------------------------
+RNG = np.random.default_rng(7)
+BASE = list(100 + RNG.normal(0, 2, 30))
+
+
+def test_a_clear_slowdown_regresses_in_the_metric_direction() -> None:
+    slower = [v * 1.5 for v in BASE]
+    assert judge("itl_ms", BASE, slower, 0.05).verdict == "regressed"  # lower is better
+    assert judge("decode_tokens_per_s", BASE, slower, 0.05).verdict == "improved"  # higher is better
+
+
+def test_a_shift_below_the_floor_is_unchanged() -> None:
+    assert judge("itl_ms", BASE, [v * 1.02 for v in BASE], 0.10).verdict == "unchanged"
+
+
+def test_few_or_spread_samples_are_too_noisy() -> None:
+    assert judge("load_ms", [100, 101], [150, 151], 0.05).verdict == "too noisy to tell"
+    wide = [50, 100, 200, 80, 300]
+    assert judge("load_ms", wide, [v * 1.1 for v in wide], 0.05).verdict == "too noisy to tell"
+
+
+def test_identical_constants_are_unchanged() -> None:
+    j = judge("weights_bytes", [5e8] * 4, [5e8] * 4, 0.05)
+    assert (j.verdict, j.ratio, j.interval, j.p_value) == ("unchanged", 1.0, (1.0, 1.0), 1.0)
+
+
+def test_three_vs_three_falls_back_to_the_99_interval() -> None:
+    # 3 vs 3 cannot reach p < 0.01 with Mann-Whitney; a clean doubling still regresses
+    assert judge("load_ms", [100, 101, 102], [200, 202, 204], 0.05).verdict == "regressed"
+
+
+def test_unknown_metric_in_min_effect_is_one_line_error(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path, compare={"min_effect": {"speed": 0.1}})
+    with pytest.raises(HarnessError) as error:
+        load_scenario(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: compare.min_effect: Value error, unknown metric 'speed'; allowed: default, ")
+    assert "\n" not in message

@@ -1,0 +1,31 @@
+"""`harness history`: series per (variant, target, metric) over a scenario's runs, with step changes."""
+
+from __future__ import annotations
+
+from conftest import STEP_RUN, CompareRuns, harness
+from harness.history import history
+from harness.store import Store
+
+
+def test_the_planted_step_is_found_and_nothing_else(wide_store) -> None:
+    series = history(Store(wide_store), "wide", ("decode_tokens_per_s", "ttft_ms", "peak_rss_bytes"))
+    assert len(series) == 50 * 3 and all(len(s.points) == 100 for s in series)
+    stepped = [(s.variant, s.metric, [s.points.index(p) for p in s.steps]) for s in series if s.steps]
+    assert stepped == [("fp32-s1-greedy", "decode_tokens_per_s", [STEP_RUN])]
+    step = next(s for s in series if s.steps).steps[0]
+    assert step.step == "regressed" and 0.55 < step.change < 0.65
+
+
+def test_slowed_nightly_is_a_step(compare_runs: CompareRuns) -> None:
+    series = {s.metric: s for s in history(Store(compare_runs.db), "tiny-compare")}
+    assert [(p.run_id, p.step) for p in series["decode_tokens_per_s"].steps] == [
+        (compare_runs.slowed["run_id"], "regressed")]
+    assert series["weights_bytes"].steps == [] and series["ttft_ms"].steps == []
+    done = harness("history", "tiny-compare", "--metric", "decode_tokens_per_s", "--db", str(compare_runs.db))
+    assert done.returncode == 0 and "regressed" in done.stdout, done.stderr
+
+
+def test_unknown_scenario_is_one_line_error(compare_runs: CompareRuns) -> None:
+    done = harness("history", "nope", "--db", str(compare_runs.db))
+    assert done.returncode == 2 and "no runs of 'nope'; stored: tiny-compare" in done.stderr
+    assert "Traceback" not in done.stderr
