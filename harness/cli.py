@@ -26,7 +26,7 @@ from harness.emulator import PROFILES, AdbServer
 from harness.emulator.control import inject
 from harness.emulator.device import FAULTS
 from harness.errors import HarnessError
-from harness.export import FORMATS, SUFFIX, export
+from harness.interop import FORMATS, SUFFIX, export
 from harness.format import fmt
 from harness.history import history
 from harness.metrics import METRICS
