@@ -21,7 +21,7 @@ so a floor can be reached in both directions whatever its size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from harness.budgets import evaluate, spec_of, variant_of
@@ -93,21 +93,12 @@ def compare(baseline: dict, current: dict, noise: dict[tuple[str, str], float] |
     """
     effects = spec_of(current).compare
     noise = noise or {}
-    before = {_keys(r): r for r in baseline["results"]}
     changes = []
-    for result in current["results"]:
-        variant, target = _keys(result)
-        base = before.get((variant, target))
-        if base is None:
-            continue
-        for name, measured in result["metrics"].items():
-            if name not in base["metrics"]:
-                continue
-            floor = max(effects.effect(name), noise.get((target, name), 0.0))
-            j = judge(name, base["metrics"][name]["samples"], measured["samples"], floor)
-            changes.append(Change(name, variant, target, result["target"]["emulated"],
-                                  base["metrics"][name]["median"], measured["median"],
-                                  j.ratio, j.interval, j.p_value, floor, j.verdict))
+    for variant, target, name, base, measured, emulated in _paired_metrics(baseline, current):
+        floor = max(effects.effect(name), noise.get((target, name), 0.0))
+        j = judge(name, base["samples"], measured["samples"], floor)
+        changes.append(Change(name, variant, target, emulated, base["median"], measured["median"],
+                              j.ratio, j.interval, j.p_value, floor, j.verdict))
     return changes
 
 
@@ -119,18 +110,11 @@ def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
     """Noise per (target key, metric) from two runs of the same build (A/A): how far from 1
     (`change_size`) the 95 % interval of their ratio of medians reaches, the largest over the variants."""
     noise: dict[tuple[str, str], float] = {}
-    before = {_keys(r): r for r in first["results"]}
-    for result in second["results"]:
-        variant, target = _keys(result)
-        base = before.get((variant, target))
-        if base is None:
-            continue
-        for name, measured in result["metrics"].items():
-            if name in base["metrics"]:
-                lo, hi = ratio_of_medians(measured["samples"], base["metrics"][name]["samples"])[1]
-                reach = max(change_size(lo), change_size(hi))
-                if math.isfinite(reach):
-                    noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
+    for _, target, name, base, measured, _ in _paired_metrics(first, second):
+        lo, hi = ratio_of_medians(measured["samples"], base["samples"])[1]
+        reach = max(change_size(lo), change_size(hi))
+        if math.isfinite(reach):
+            noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
     return noise
 
 
@@ -145,6 +129,20 @@ def last_good(store: Store, current: RunRecord) -> RunRecord:
             return run
     raise HarnessError(f"{store.path}: --against last-good: no earlier good run of scenario {current.scenario!r} "
                        f"before {current.run_id}")
+
+
+def _paired_metrics(baseline: dict, current: dict) -> Iterator[tuple[str, str, str, dict, dict, bool]]:
+    """(variant, target, metric, baseline summary, current summary, emulated) for every metric
+    measured in both runs, per variant x target present in both."""
+    before = {_keys(r): r for r in baseline["results"]}
+    for result in current["results"]:
+        variant, target = _keys(result)
+        base = before.get((variant, target))
+        if base is None:
+            continue
+        for name, measured in result["metrics"].items():
+            if name in base["metrics"]:
+                yield variant, target, name, base["metrics"][name], measured, result["target"]["emulated"]
 
 
 def _keys(result: dict) -> tuple[str, str]:
