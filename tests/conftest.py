@@ -166,3 +166,23 @@ def wide_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         store.end_run(run_id, "ok")
     store.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def no_real_adb_server():
+    """adbutils starts an adb server when it cannot connect: never in tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, no_real_adb_server):
+    """Emulated Galaxy S24 and S25 behind a loopback adb server, the one adbutils talks to."""
+    from harness.emulator import AdbServer
+
+    server = AdbServer(["galaxy-s24", "galaxy-s25"], tmp_path_factory.mktemp("devices")).start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
+        yield server
+    server.close()

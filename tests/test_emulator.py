@@ -23,19 +23,7 @@ def adb_cli() -> str:
     return found
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_real_adb_server():
-    """adbutils starts an adb server when it cannot connect: never here."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = AdbServer(["galaxy-s24", "galaxy-s25"], tmp_path_factory.mktemp("devices")).start()
-    yield server
-    server.close()
+pytestmark = pytest.mark.usefixtures("no_real_adb_server")  # conftest: adbutils never starts a real adb server
 
 
 def adb(server: AdbServer, *args: str) -> subprocess.CompletedProcess:
