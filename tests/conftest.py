@@ -24,6 +24,17 @@ def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
+def multilingual_samples(path: Path = REPO / "tests" / "data" / "multilingual.txt") -> dict[str, str]:
+    """The tokenizer test texts: '### name' starts a sample; its text is the lines up to the next header."""
+    samples: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").removesuffix("\n").split("\n"):
+        if line.startswith("### "):
+            samples[line[4:]] = []
+        elif samples:
+            samples[next(reversed(samples))].append(line)
+    return {name: "\n".join(lines) for name, lines in samples.items()}
+
+
 PROMPTS = [
     {"id": "capital", "prompt": "What is the capital of France? Answer with one word.",
      "reference": ["Paris", "The capital of France is Paris"]},

@@ -1,30 +1,17 @@
 """The reference engine on the real SmolLM2 GGUF file: greedy text, precisions, tokenizer."""
-import pathlib
-
 import pytest
 import torch
 
 from harness.engine import PRECISIONS, Engine, load_engine, model_path
+from tests.conftest import multilingual_samples
 
 MODEL = "smollm2-135m-instruct"
-SAMPLES = pathlib.Path(__file__).parent / "data" / "multilingual.txt"
 CHAT_PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the ocean.",
     "Explain what a CPU cache is in two sentences.",
     "How do I reverse a list in Python?",
 ]
-
-
-def load_samples(path: pathlib.Path = SAMPLES) -> dict[str, str]:
-    """'### name' starts a sample; its text is the following lines up to the next header."""
-    samples: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8").removesuffix("\n").split("\n"):
-        if line.startswith("### "):
-            samples[line[4:]] = []
-        elif samples:
-            samples[next(reversed(samples))].append(line)
-    return {name: "\n".join(lines) for name, lines in samples.items()}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +59,7 @@ def test_fp16_greedy_agrees_with_fp32(engines: dict[str, Engine]) -> None:
 def test_fp16_teacher_forced_top1_agrees_with_fp32(engines: dict[str, Engine]) -> None:
     # prompts of many rows take the fp16 upcast path; measured 1702/1713 = 99.4 % here
     agree = total = 0
-    for text in load_samples().values():
+    for text in multilingual_samples().values():
         ids = engines["fp32"].tokenizer.encode(text)
         a, b = (engines[p].logits(ids).argmax(-1) for p in ("fp32", "fp16"))
         agree += int((a == b).sum())
@@ -150,7 +137,7 @@ def test_special_tokens_are_single_tokens(fp32: Engine) -> None:
     assert tok.decode(tok.encode("<|im_start|>user\nHi<|im_end|>")) == "user\nHi"
 
 
-@pytest.mark.parametrize("name", [n for n in load_samples() if n != "chatml"])
+@pytest.mark.parametrize("name", [n for n in multilingual_samples() if n != "chatml"])
 def test_decode_encode_roundtrip(fp32: Engine, name: str) -> None:
-    text = load_samples()[name]
+    text = multilingual_samples()[name]
     assert fp32.tokenizer.decode(fp32.tokenizer.encode(text)) == text

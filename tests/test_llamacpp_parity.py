@@ -1,15 +1,13 @@
 """The reference engine against a real peer, llama.cpp (llama-cpp-python), on the same GGUF file."""
-import pathlib
-
 import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama
 
 from harness.engine import Engine, load_engine, model_path
+from tests.conftest import multilingual_samples
 
 MAX_SEQ = 1024
-SAMPLES = pathlib.Path(__file__).parent / "data" / "multilingual.txt"
 CHAT_PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the ocean.",
@@ -20,17 +18,6 @@ CHAT_PROMPTS = [
     "What are the benefits of regular exercise?",
     "Write a short email asking a colleague to review my code.",
 ]
-
-
-def load_samples(path: pathlib.Path = SAMPLES) -> dict[str, str]:
-    """'### name' starts a sample; its text is the following lines up to the next header."""
-    samples: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8").removesuffix("\n").split("\n"):
-        if line.startswith("### "):
-            samples[line[4:]] = []
-        elif samples:
-            samples[next(reversed(samples))].append(line)
-    return {name: "\n".join(lines) for name, lines in samples.items()}
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +60,9 @@ def top1_agreement(engine: Engine, llm: Llama, sequences: list[list[int]]) -> tu
     return agree, total
 
 
-@pytest.mark.parametrize("name", list(load_samples()))
+@pytest.mark.parametrize("name", list(multilingual_samples()))
 def test_tokenization_matches(engine: Engine, llm: Llama, name: str) -> None:
-    text = load_samples()[name]
+    text = multilingual_samples()[name]
     assert engine.tokenizer.encode(text) == llama_tokenize(llm, text)
 
 
@@ -95,7 +82,7 @@ def test_top1_agreement_on_multilingual_text(engine: Engine, llm: Llama) -> None
     # 0.09 logits). llama.cpp quantizes activations to 8 bits for its Q4_1 matmuls, so it does
     # not even agree with itself there: f16 vs f32 KV cache (type_k/type_v) gave 95.3 % on
     # these samples; ours vs llama.cpp measured 95.6 %. A RoPE or cache bug falls far below.
-    texts = load_samples().values()
+    texts = multilingual_samples().values()
     agree, total = top1_agreement(engine, llm, [engine.tokenizer.encode(t) for t in texts])
     assert total >= 500
     assert agree / total >= 0.94, f"top-1 agreement with llama.cpp {agree}/{total} = {agree / total:.2%}"
