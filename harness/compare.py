@@ -28,7 +28,7 @@ from harness.budgets import evaluate, spec_of, variant_of
 from harness.errors import HarnessError
 from harness.metrics import METRICS
 from harness.results import build_results
-from harness.stats import mann_whitney_p, ratio_of_medians, smallest_p
+from harness.stats import mann_whitney_p, ratio_with_interval, smallest_p
 from harness.store import RunRecord, Store
 from harness.targets import TargetInfo
 
@@ -62,14 +62,14 @@ class Judgement:
 
 def judge(metric: str, baseline: list[float], current: list[float], floor: float) -> Judgement:
     """The verdict on one metric's samples (see the module docstring for the rule)."""
-    ratio, interval = ratio_of_medians(current, baseline)
+    ratio, interval = ratio_with_interval(current, baseline)
     if min(len(baseline), len(current)) < MIN_SAMPLES:
         return Judgement(ratio, interval, math.nan, "too noisy to tell")
     p = mann_whitney_p(current, baseline)
     if smallest_p(len(current), len(baseline)) < ALPHA:
         significant = p < ALPHA
     else:
-        lo, hi = ratio_of_medians(current, baseline, level=0.99)[1]
+        lo, hi = ratio_with_interval(current, baseline, level=0.99)[1]
         significant = lo > 1 or hi < 1
     if significant and change_size(ratio) >= floor:
         worse = (ratio > 1) == (METRICS[metric].better == "lower")
@@ -111,7 +111,7 @@ def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
     (`change_size`) the 95 % interval of their ratio of medians reaches, the largest over the variants."""
     noise: dict[tuple[str, str], float] = {}
     for _, target, name, base, measured, _ in _paired_metrics(first, second):
-        lo, hi = ratio_of_medians(measured["samples"], base["samples"])[1]
+        lo, hi = ratio_with_interval(measured["samples"], base["samples"])[1]
         reach = max(change_size(lo), change_size(hi))
         if math.isfinite(reach):
             noise[(target, name)] = max(noise.get((target, name), 0.0), reach)

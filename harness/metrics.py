@@ -17,6 +17,7 @@ class Metric:
     better: Literal["lower", "higher"]
     scope: Literal["process", "request", "token"]
     description: str
+    versus: str | None = None  # for a counter that is itself a comparison: what it compares with
 
 
 METRICS: dict[str, Metric] = {
@@ -34,19 +35,19 @@ METRICS: dict[str, Metric] = {
         Metric("weights_bytes", "bytes", "lower", "process", "bytes of weight tensors the engine holds"),
         Metric("kv_cache_bytes", "bytes", "lower", "process", "bytes of KV cache tensors the engine allocated"),
         Metric("exact_match", "ratio", "higher", "request", "normalized output equals the prompt's reference answer"),
-        Metric("agreement_with_baseline", "ratio", "higher", "request", "share of greedy tokens identical to the baseline variant's, by position"),
-        Metric("kld_vs_baseline", "nats", "lower", "request", "mean KL(baseline || variant) of next-token distributions, teacher-forced on the baseline's output (top-64 + rest)"),
+        Metric("agreement_with_baseline", "ratio", "higher", "request", "share of greedy tokens identical to the baseline variant's, by position", "baseline"),
+        Metric("kld_vs_baseline", "nats", "lower", "request", "mean KL(baseline || variant) of next-token distributions, teacher-forced on the baseline's output (top-64 + rest)", "baseline"),
         Metric("adapter_bytes", "bytes", "lower", "process", "bytes held for LoRA adapters: the bank, plus merged weight copies in merged mode"),
         Metric("adapter_switch_ms", "ms", "lower", "request", "time to make the next adapter active (runtime: new index tensor; merged: copy weights in)"),
         Metric("style_score", "markers/100 words", "higher", "request", "marker words of the adapter's own style in its output"),
-        Metric("multistream_speedup", "x", "higher", "request", "time of K sequential single-stream runs / one K-stream run, same prompt and adapters"),
+        Metric("multistream_speedup", "x", "higher", "request", "time of K sequential single-stream runs / one K-stream run, same prompt and adapters", "K sequential runs"),
         Metric("tokens_per_step", "tokens", "higher", "request", "DS2D: generated tokens per model forward"),
         Metric("acceptance_rate", "ratio", "higher", "request", "DS2D: accepted draft tokens / depth of the verified draft trees"),
         Metric("plain_step_share", "ratio", "lower", "request", "DS2D: share of decode steps run without a draft"),
         Metric("draft_ms", "ms", "lower", "request", "DS2D: time spent drafting per request"),
         Metric("verify_ms", "ms", "lower", "request", "DS2D: time spent in verification forwards per request"),
-        Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / plain greedy decode tokens/s on the same prompt, paired in the same runner process"),
-        Metric("matches_greedy", "ratio", "higher", "request", "DS2D: 1 if the output's tokens equal plain greedy decoding's on the same engine, else 0"),
+        Metric("ds2d_speedup", "x", "higher", "request", "DS2D decode tokens/s / plain greedy decode tokens/s on the same prompt, paired in the same runner process", "greedy, same process"),
+        Metric("matches_greedy", "ratio", "higher", "request", "DS2D: 1 if the output's tokens equal plain greedy decoding's on the same engine, else 0", "greedy, same process"),
         # aihub target: from AI Hub's profile and inference jobs (harness/targets/aihub.py)
         Metric("prefill_chunk_ms", "ms", "lower", "process", "profiled time of one prefill graph call (a chunk of prompt tokens)"),
         Metric("decode_step_ms", "ms", "lower", "process", "profiled time of one decode graph call (one token)"),

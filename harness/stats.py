@@ -1,6 +1,6 @@
 """Statistics over raw samples: summaries with a 95 % interval, and ratios between variants.
 
-Intervals are percentile bootstraps of the median with a fixed seed, so the same samples
+Intervals are percentile bootstraps (of the median unless said) with a fixed seed, so the same samples
 always give the same interval. With few samples the interval is wide, as it should be.
 Two runs are compared with Mann-Whitney U (scipy), a test on ranks that assumes no shape
 of the distribution, as asv does.
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 
 BOOTSTRAP_RESAMPLES = 2000
 _SEED = 20261121
+Stat = Literal["median", "mean"]
+_STATS = {"median": np.median, "mean": np.mean}
 
 
 @dataclass(frozen=True)
@@ -40,23 +43,30 @@ def summarize(samples: list[float]) -> Summary:
         median=float(np.median(values)),
         mean=float(values.mean()),
         stdev=float(values.std(ddof=1)) if values.size > 1 else 0.0,
-        ci95=_bootstrap_ci(values),
+        ci95=bootstrap_interval(values),
         p50=float(p50),
         p90=float(p90),
         p99=float(p99),
     )
 
 
-def ratio_of_medians(current: list[float], baseline: list[float],
-                     level: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """median(current) / median(baseline) with a bootstrap interval of that ratio (0 / 0 counts as 1)."""
+def ratio_with_interval(current: list[float], baseline: list[float], stat: Stat = "median",
+                        level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """stat(current) / stat(baseline) with a bootstrap interval of that ratio (0 / 0 counts as 1)."""
     cur, base = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
     rng = np.random.default_rng(_SEED)
-    ratios = _ratio(_resampled_medians(cur, rng), _resampled_medians(base, rng))
-    point = float(_ratio(np.median(cur), np.median(base)))
+    ratios = _ratio(_resampled(cur, rng, stat), _resampled(base, rng, stat))
+    point = float(_ratio(_STATS[stat](cur), _STATS[stat](base)))
     tail = (1 - level) / 2 * 100
     lo, hi = np.nanpercentile(ratios, [tail, 100 - tail]) if np.isfinite(ratios).any() else (np.nan, np.nan)
     return point, (float(lo), float(hi))
+
+
+def bootstrap_interval(samples: list[float], stat: Stat = "median") -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of the samples' median or mean."""
+    values = np.asarray(samples, dtype=float)
+    lo, hi = np.percentile(_resampled(values, np.random.default_rng(_SEED), stat), [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def mann_whitney_p(current: list[float], baseline: list[float]) -> float:
@@ -76,13 +86,7 @@ def _ratio(current: np.ndarray | float, baseline: np.ndarray | float) -> np.ndar
         return np.where((current == 0) & (baseline == 0), 1.0, np.divide(current, baseline))
 
 
-def _bootstrap_ci(values: np.ndarray) -> tuple[float, float]:
-    medians = _resampled_medians(values, np.random.default_rng(_SEED))
-    lo, hi = np.percentile(medians, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def _resampled_medians(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # values: [n] -> medians of BOOTSTRAP_RESAMPLES resamples with replacement: [R]
+def _resampled(values: np.ndarray, rng: np.random.Generator, stat: Stat) -> np.ndarray:
+    # values: [n] -> the statistic of BOOTSTRAP_RESAMPLES resamples with replacement: [R]
     picks = rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
-    return np.median(values[picks], axis=1)
+    return _STATS[stat](values[picks], axis=1)

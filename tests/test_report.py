@@ -30,6 +30,8 @@ def test_headline_shows_the_declared_comparison(smoke_run) -> None:
     headline = html[html.index("<h2>Headline</h2>"):html.index("<h2>Budgets</h2>")]
     assert "fp16-s1-greedy vs fp32-s1-greedy" in headline and "weights_bytes" in headline
     assert "&lt;= 0.55x" in headline and ">pass<" in headline
+    # a counter that is itself a comparison is one too: fp16's agreement with the baseline's tokens
+    assert "agreement_with_baseline" in headline and "fp16-s1-greedy vs fp32-s1-greedy (baseline)" in headline
 
 
 def test_report_of_a_slowed_run_says_so_and_charts_the_trend(compare_runs, tmp_path) -> None:
@@ -54,3 +56,7 @@ def test_report_stays_bounded_at_50_variants_and_100_runs(wide_store, tmp_path) 
     assert "&lt;b&gt;text&lt;/b&gt;" in html and "<b>text" not in html
     steps = html[html.index("<h3>Step changes</h3>"):html.index("Every series")]
     assert steps.count("<tr>") == 2 and "fp32-s1-greedy" in steps and "decode_tokens_per_s" in steps
+    # too many series for one chart: the chart keeps the one that stepped
+    trends = html[html.index("<h2>Trends over earlier runs</h2>"):html.index("<h3>Step changes</h3>")]
+    assert trends.count("<img") == 1 and 'alt="trend of decode_tokens_per_s"' in trends
+    assert "1 of 50 series: those with a step change" in trends

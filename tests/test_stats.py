@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from harness.stats import ratio_of_medians, summarize
+from harness.stats import bootstrap_interval, ratio_with_interval, summarize
 
 
 def test_summary_matches_textbook_values() -> None:
@@ -26,6 +26,16 @@ def test_summary_is_reproducible_and_handles_one_sample() -> None:
 
 def test_ratio_of_medians_and_its_interval() -> None:
     base = [10.0, 11.0, 9.0, 10.5, 9.5, 10.0]
-    ratio, (lo, hi) = ratio_of_medians([2 * v for v in base], base)
+    ratio, (lo, hi) = ratio_with_interval([2 * v for v in base], base)
     assert ratio == pytest.approx(2.0)
     assert lo <= 2.0 <= hi and hi - lo < 0.5
+
+
+def test_intervals_of_the_mean_follow_the_mean_not_the_median() -> None:
+    # DS2D's lossless check is a mean of 0/1 flags: its median says 1 while a third of prompts diverge
+    flags = [1.0] * 8 + [0.0] * 4
+    lo, hi = bootstrap_interval(flags, "mean")
+    assert lo < 2 / 3 < hi < 1.0
+    assert bootstrap_interval(flags)[1] == 1.0  # the median cannot show it
+    ratio, (lo, hi) = ratio_with_interval(flags, [1.0] * 12, stat="mean")
+    assert ratio == pytest.approx(2 / 3) and lo < ratio < hi

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import datetime, timezone
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from harness.budgets import variant_of  # noqa: E402
 from harness.metrics import METRICS  # noqa: E402
@@ -109,6 +111,8 @@ def speedup_by_streams(results: list[dict]) -> str | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.set_xlim(0.5, max(r["variant"]["streams"] for r in rows) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for r in rows:
         m = r["metrics"]["multistream_speedup"]
         k = r["variant"]["streams"]
@@ -122,19 +126,34 @@ def speedup_by_streams(results: list[dict]) -> str | None:
 
 
 def trend(series: list, metric: str) -> str | None:
-    """One metric's median per run, one line per variant @ target, step changes marked."""
+    """One metric's median per run, one line per variant @ target, step changes marked.
+
+    x is the run's place among all runs charted (so a variant added later lines up with
+    the others), labelled with that number and the run's start time.
+    """
     if not series:
         return None
+    runs = sorted({(p.started_at, p.run_id) for s in series for p in s.points})
+    place = {run_id: i for i, (_, run_id) in enumerate(runs)}
     fig, ax = plt.subplots(figsize=(9, 3.8))
     for s in series:
-        x = list(range(len(s.points)))
         label = f"{s.variant} @ {s.target}" + (" (emulated)" if s.emulated else "")
-        ax.plot(x, [p.median for p in s.points], marker=".", linewidth=1, label=label)
-        for i, p in enumerate(s.points):
-            if p.step:
-                ax.plot(i, p.median, marker="v" if p.step == "regressed" else "^", markersize=11,
-                        color="#b3261e" if p.step == "regressed" else "#17703a")
-    ax.set_xlabel("run (oldest first); a step change starts at a red down (regressed) or green up (improved) marker")
+        ax.plot([place[p.run_id] for p in s.points], [p.median for p in s.points], marker=".", linewidth=1,
+                label=label)
+        for p in s.steps:
+            ax.plot(place[p.run_id], p.median, marker="v" if p.step == "regressed" else "^", markersize=11,
+                    color="#b3261e" if p.step == "regressed" else "#17703a")
+
+    def started(x: float, _) -> str:
+        i = round(x)
+        if i != x or not 0 <= i < len(runs):
+            return ""
+        return f"#{i + 1}\n" + datetime.fromtimestamp(runs[i][0], timezone.utc).strftime("%m-%d %H:%M")
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(started))
+    ax.set_xlabel("run (number, start in UTC), oldest first; a step change starts at a red down (regressed)"
+                  " or green up (improved) marker")
     ax.set_ylabel(f"{metric} median ({METRICS[metric].unit})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _png(fig)

@@ -19,7 +19,7 @@ from harness.format import fmt
 from harness.history import Series
 from harness.metrics import METRICS
 from harness.report import charts
-from harness.stats import ratio_of_medians
+from harness.stats import bootstrap_interval, ratio_with_interval
 from harness.targets import TargetInfo
 
 CHART_LIMIT = 16  # variant x target rows in one chart
@@ -51,38 +51,51 @@ def _find(results: list[dict], target: dict, selector) -> dict | None:
 
 
 def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
-    """Each comparison the scenario declares: a ratio budget, or a budget on a speedup counter."""
+    """Each comparison the scenario declares: a budget on a ratio between two variants, or on a
+    counter that is itself a comparison (DS2D vs greedy, K streams vs K runs, KL vs the baseline)."""
     spec, results = spec_of(document), document["results"]
     rows = []
     for v in verdicts:
         budget, metric = v.budget, METRICS[v.budget.metric]
         kind, limit = budget.bound
-        if not (kind.endswith("_ratio") or metric.unit == "x"):
+        ratio = kind.endswith("_ratio")
+        if not (ratio or metric.versus):
             continue
         result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
-        reference = _find(results, result["target"], budget.against or spec.baseline) if kind.endswith("_ratio") else None
-        interval = _comparison_interval(result, reference, budget)
-        versus = f" vs {variant_of(reference).key}" if reference else ""
+        reference = _find(results, result["target"], budget.against or spec.baseline) if ratio else None
+        if ratio:
+            versus = variant_of(reference).key if reference else "(no reference)"
+        elif metric.versus == "baseline":
+            versus = _variant_key(_find(results, result["target"], spec.baseline)) + " (baseline)"
+        else:
+            versus = metric.versus
         rows.append({
-            "what": f"{v.variant}{versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
-            "emulated": result["target"]["emulated"], "measured": v.measured, "interval": interval,
-            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if kind.endswith('_ratio') else ''}",
-            "stat": "ratio of " + budget.stat + "s" if reference else budget.stat, "passed": v.passed,
+            "what": f"{v.variant} vs {versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
+            "emulated": result["target"]["emulated"], "measured": v.measured,
+            "interval": _comparison_interval(result, reference, budget),
+            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if ratio else ''}",
+            "stat": f"ratio of {budget.stat}s" if ratio else budget.stat, "passed": v.passed,
         })
     return rows
 
 
-def _comparison_interval(result: dict, reference: dict | None, budget) -> tuple[float, float] | None:
-    def metrics(r: dict) -> dict:
-        return r["metrics"] if budget.kind is None else r["metrics_by_kind"].get(budget.kind, {})
+def _variant_key(result: dict | None) -> str:
+    return variant_of(result).key if result else "-"
 
-    mine = metrics(result).get(budget.metric)
+
+def _comparison_interval(result: dict, reference: dict | None, budget) -> tuple[float, float] | None:
+    """The bootstrap interval of what the budget checks: the statistic, or its ratio to the reference's."""
+    def samples(r: dict) -> list[float] | None:
+        metrics = r["metrics"] if budget.kind is None else r["metrics_by_kind"].get(budget.kind, {})
+        return metrics[budget.metric]["samples"] if budget.metric in metrics else None
+
+    mine = samples(result)
     if mine is None:
         return None
-    if reference is None:
-        return tuple(mine["ci95"])
-    theirs = metrics(reference).get(budget.metric)
-    return None if theirs is None else ratio_of_medians(mine["samples"], theirs["samples"])[1]
+    if not budget.bound[0].endswith("_ratio"):
+        return bootstrap_interval(mine, budget.stat)
+    theirs = samples(reference) if reference else None
+    return None if theirs is None else ratio_with_interval(mine, theirs, budget.stat)[1]
 
 
 def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
@@ -95,7 +108,7 @@ def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
             m = result["metrics"][name]
             base = next((r for r in results if r["target"] == result["target"]
                          and variant_of(r).key == baseline_key and name in r["metrics"]), None)
-            ratio, ratio_ci = ratio_of_medians(m["samples"], base["metrics"][name]["samples"]) if base else (None, (None, None))
+            ratio, ratio_ci = ratio_with_interval(m["samples"], base["metrics"][name]["samples"]) if base else (None, (None, None))
             records.append({
                 "variant": variant_of(result).key, "target": _target_label(result["target"]), "n": m["n"],
                 "median": fmt(m["median"]), "95 % interval": _interval(*m["ci95"]), "mean": fmt(m["mean"]),
@@ -136,12 +149,24 @@ def _trends(series: list[Series]) -> dict:
              "runs": len(s.points), "first": fmt(s.points[0].median), "last": fmt(s.points[-1].median),
              "steps": "; ".join(f"{p.run_id}: {p.step} x{p.change:.2f}" for p in s.steps) or "-"}
             for s in series if len(s.points) > 1]
+    trend_charts = {m: _trend_chart(s, m) for m, s in by_metric.items() if s}
     return {
-        "charts": {m: charts.trend(s, m) for m, s in by_metric.items() if s and len(s) <= TREND_LINES},
+        "charts": {m: chart for m, chart in trend_charts.items() if chart},
         "steps": [r for r in rows if r["steps"] != "-"],
         "table": Markup(pd.DataFrame.from_records(rows).to_html(index=False, escape=True, border=0, classes="metric"))
         if rows else None,
     }
+
+
+def _trend_chart(series: list[Series], metric: str) -> dict | None:
+    """Every series in one chart when they fit; past TREND_LINES, only those with a step change."""
+    if len(series) <= TREND_LINES:
+        return {"uri": charts.trend(series, metric), "note": None}
+    stepped = [s for s in series if s.steps][:TREND_LINES]
+    if not stepped:
+        return None
+    return {"uri": charts.trend(stepped, metric),
+            "note": f"{len(stepped)} of {len(series)} series: those with a step change (every series is in the table)"}
 
 
 def _charts(results: list[dict]) -> dict[str, str | None]:

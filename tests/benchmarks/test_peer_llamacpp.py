@@ -24,7 +24,7 @@ from llama_cpp import Llama
 from harness.engine import Engine, load_engine, model_path
 from harness.engine import ds2d
 from harness.prompts import Prompt, load_prompts
-from harness.stats import ratio_of_medians
+from harness.stats import ratio_with_interval
 
 THREADS = 2
 MAX_NEW_TOKENS = 64
@@ -103,7 +103,7 @@ def pooled(speeds: dict[str, list[float]], prompts, kind: str | None) -> list[fl
 
 def compare(measured, prompts, record_property, name: str, kind: str | None) -> float:
     ours, peer = pooled(measured[name], prompts, kind), pooled(measured["llama.cpp greedy"], prompts, kind)
-    ratio, (low, high) = ratio_of_medians(ours, peer)
+    ratio, (low, high) = ratio_with_interval(ours, peer)
     label = f"{name} vs llama.cpp greedy ({kind or 'all prompts'})"
     print(f"\n{label}: {statistics.median(ours):.1f} vs {statistics.median(peer):.1f} tok/s decode, "
           f"ratio {ratio:.2f} [{low:.2f}, {high:.2f}], {THREADS} threads, {REPETITIONS} repetitions")
