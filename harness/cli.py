@@ -13,12 +13,13 @@ import signal
 import sys
 import tempfile
 from datetime import datetime
+from itertools import groupby
 from pathlib import Path
 
 from adbutils import AdbError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from harness.budgets import Verdict, evaluate, variant_of
 from harness.compare import Change, aa_noise, compare, last_good, regressions
@@ -239,7 +240,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not series:
         raise HarnessError(f"{args.db}: scenario: no runs of {args.scenario!r}; "
                            f"stored: {', '.join(sorted({r.scenario for r in store.runs()})) or 'none'}")
-    table = Table("variant", "target", "metric", title=f"{args.scenario}: {len(store.runs(args.scenario))} runs "
+    table = Table(Column("variant", overflow="fold"), "target", "metric",
+                  title=f"{args.scenario}: {len(store.runs(args.scenario))} runs "
                   f"(step rule: see README)")
     for heading in ("runs", "first median", "last median"):
         table.add_column(heading, justify="right")
@@ -278,19 +280,22 @@ def _document(store: Store | None, ref: str | None) -> dict:
 
 
 def _print_changes(baseline: dict, current: dict, changes: list[Change]) -> None:
-    table = Table(title=f"{current['scenario']['name']}: run {current['run_id']} against {baseline['run_id']}")
-    for heading in ("metric", "variant", "target"):
-        table.add_column(heading, no_wrap=True)
-    for heading in ("baseline", "current", "ratio", "95 % interval", "p", "floor"):
-        table.add_column(heading, justify="right")
-    table.add_column("verdict")
+    """One table per variant x target, so long variant keys never squeeze the numbers."""
+    out = _wide(stderr=False)
+    out.print(f"{current['scenario']['name']}: run {current['run_id']} against {baseline['run_id']}",
+              style="bold", markup=False, highlight=False)
     styles = {"regressed": "bold red", "improved": "green", "too noisy to tell": "yellow", "unchanged": ""}
-    for c in changes:
-        target = c.target + (" (emulated)" if c.emulated else "")
-        table.add_row(c.metric, c.variant, target, fmt(c.baseline), fmt(c.current), fmt(c.ratio),
-                      f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", fmt(c.p_value), f"{c.floor:.0%}",
-                      c.verdict, style=styles[c.verdict])
-    _wide(stderr=False).print(table)
+    for (variant, target, emulated), group in groupby(changes, key=lambda c: (c.variant, c.target, c.emulated)):
+        table = Table(title=f"{variant} @ {target}" + (" (emulated)" if emulated else ""), title_justify="left")
+        table.add_column("metric", no_wrap=True)
+        for heading in ("baseline", "current", "ratio", "95 % interval", "p", "floor"):
+            table.add_column(heading, justify="right", no_wrap=True)
+        table.add_column("verdict", no_wrap=True)
+        for c in group:
+            table.add_row(c.metric, fmt(c.baseline), fmt(c.current), fmt(c.ratio),
+                          f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", fmt(c.p_value), f"{c.floor:.0%}",
+                          c.verdict, style=styles[c.verdict])
+        out.print(table)
     for document in (baseline, current):
         if delay := document["environment"].get("test_delay_ms_per_token"):
             console.print(f"run {document['run_id']} was slowed on purpose: test delay {delay:g} ms per decode step",
@@ -316,7 +321,7 @@ def _write_outputs(store: Store, document: dict, verdicts: list[Verdict], json_p
 
 def _print_summary(document: dict, verdicts: list[Verdict]) -> None:
     table = Table(title=f"{document['scenario']['name']} · run {document['run_id']} (medians)")
-    table.add_column("variant")
+    table.add_column("variant", overflow="fold")  # two variants may differ only at the end of the key
     table.add_column("target")
     for _, heading in SUMMARY_METRICS:
         table.add_column(heading, justify="right")
@@ -324,7 +329,7 @@ def _print_summary(document: dict, verdicts: list[Verdict]) -> None:
     for result in document["results"]:
         target = result["target"]
         label = TargetInfo(**target).key + (" (emulated)" if target["emulated"] else "")
-        cells = [_cell(result["metrics"].get(name)) for name, _ in SUMMARY_METRICS]
+        cells = [_summary_cell(result["metrics"], name) for name, _ in SUMMARY_METRICS]
         table.add_row(variant_of(result).key, label, *cells, result["status"])
     console.print(table)
     for verdict in verdicts:
@@ -332,9 +337,15 @@ def _print_summary(document: dict, verdicts: list[Verdict]) -> None:
         console.print(f"budget: {verdict.text}", style=style, markup=False, highlight=False)
 
 
-def _cell(metric: dict | None) -> str:
-    if metric is None:
-        return "-"
+def _summary_cell(metrics: dict, name: str) -> str:
+    """The measured median, else the derived one marked "~" (AI Hub profiles steps, not requests), else "-"."""
+    if name in metrics:
+        return _cell(metrics[name])
+    derived = metrics.get(f"{name}_derived")
+    return f"~{_cell(derived)}" if derived else "-"
+
+
+def _cell(metric: dict) -> str:
     value = metric["median"]
     if metric["unit"] == "bytes":
         return f"{value / 2**20:,.0f} MiB"

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from harness.aihub.emulator import Emulator
+from harness.cli import _cell
 from harness.export import TOLERANCE
 from tests.conftest import REPO, write_scenario
 
@@ -97,6 +98,8 @@ def test_fp16_and_int4_with_two_adapters_run_on_the_emulated_device(paper_run) -
         assert metrics["top1_agreement_host"]["n"] == 2
         assert metrics["top1_agreement_host"]["median"] >= 0.9
         assert metrics["max_abs_logit_diff_host"]["median"] <= TOLERANCE[precision]
+        # the run's summary table shows the derived request counters, marked as derived
+        assert f"~{_cell(metrics['decode_tokens_per_s_derived'])}" in process.stderr
 
 
 def test_each_result_keeps_its_job_ids_and_links(paper_run, hub: Emulator) -> None:
