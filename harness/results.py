@@ -45,7 +45,7 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         if record.status != "ok":
             result["error"] = record.error
         device_states = store.device_states(run.run_id, record.variant_key, record.target_key)
-        if device_states:  # device targets only
+        if device_states:  # local and adb targets; AI Hub reports none
             result["device_states"] = device_states
         if jobs := store.jobs(run.run_id, record.variant_key, record.target_key):
             result["jobs"] = jobs  # remote jobs (aihub): ids and links

@@ -144,7 +144,10 @@ def test_results_are_labelled_emulated_with_identity(story) -> None:
 
 def test_device_state_is_stored_with_each_repetition(story) -> None:
     results = {r["target"]["name"]: r for r in story.document["results"]}
-    assert "device_states" not in results["local"]
+    host = results["local"]["device_states"]
+    assert [(s["repetition"], s["phase"]) for s in host] == [(0, "before"), (0, "after")]
+    assert all(s["load_1m"] >= 0 and s["cpu_mhz"] for s in host)
+    assert host[1]["other_cpu_s"] >= 0 and host[1]["steal_s"] >= 0  # what shared the host while it ran
     for serial in (S24, S25):
         states = results[serial]["device_states"]
         assert [(s["repetition"], s["phase"]) for s in states] == [(0, "before"), (0, "after")]
@@ -155,6 +158,11 @@ def test_device_state_is_stored_with_each_repetition(story) -> None:
             assert state["cpu_freq_khz"] and all(f > 0 for f in state["cpu_freq_khz"].values())
         assert any("charging" in w for w in states[0]["warnings"])  # on USB power: warned, no energy number
         assert "energy_j" not in results[serial]["metrics"]
+    # the report shows every state next to the variant and target it stood behind
+    report = (story.db.parent / "final.html").read_text()
+    states = report[report.index("<h3>Target state per repetition</h3>"):report.index("<h3>Run</h3>")]
+    assert states.count("<tr>") == 2 * 3  # before and after, for local and the two phones
+    assert f"adb:{S24} (emulated)" in states and "other processes' CPU s" in states and "100 % · usb" in states
 
 
 def test_adb_without_server_or_devices_is_bad_input(tmp_path, monkeypatch) -> None:

@@ -142,6 +142,45 @@ def _targets(document: dict) -> list[dict]:
     return list({TargetInfo(**r["target"]).key: r["target"] for r in document["results"]}.values())
 
 
+def _states(document: dict) -> Markup | None:
+    """Each target's state before and after every runner process: thermal, clocks, load, battery."""
+    records = [{"variant": variant_of(r).key, "target": _target_label(r["target"]),
+                "repetition": state["repetition"] + 1, "phase": state["phase"], **_state_cells(state)}
+               for r in document["results"] for state in r.get("device_states", [])]
+    if not records:
+        return None
+    columns = ["variant", "target", "repetition", "phase", *_state_cells({}, every=True)]
+    table = pd.DataFrame.from_records(records, columns=columns).dropna(axis="columns", how="all").fillna("")
+    return Markup(table.to_html(index=False, escape=True, border=0, classes="metric"))
+
+
+def _state_cells(state: dict, every: bool = False) -> dict[str, str | None]:
+    """The comparable part of a state; phones and hosts report different things, so cells may
+    stay empty (`every`: keep the empty ones, for the column order)."""
+    clocks = [khz / 1e3 for khz in state.get("cpu_freq_khz", {}).values()] or list(state.get("cpu_mhz", {}).values())
+    temperatures = state.get("temperatures_c") or {}
+    cells = {
+        "thermal status": state.get("thermal_status"),
+        "max temp °C": max(temperatures.values()) if temperatures else None,
+        "CPU MHz": _span(clocks),
+        "load (1 min)": state.get("load_1m"),
+        "other processes' CPU s": state.get("other_cpu_s"),
+        "steal s": state.get("steal_s"),
+        "battery": f"{state['battery_level']} % · {state.get('plugged', '?')}" if state.get("battery_level") is not None else None,
+        "screen": state.get("screen"),
+        "warnings": "; ".join(state.get("warnings", [])) or None,
+    }
+    return {name: fmt(value) if isinstance(value, float) else value for name, value in cells.items()
+            if value is not None or every}
+
+
+def _span(values: list[float]) -> str | None:
+    if not values:
+        return None
+    low, high = f"{min(values):,.0f}", f"{max(values):,.0f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def _trends(series: list[Series]) -> dict:
     """Per trend metric: a chart when the series fit in one, and a table of every series with its steps."""
     by_metric = {m: [s for s in series if s.metric == m and len(s.points) > 1] for m in TREND_METRICS}
@@ -198,6 +237,7 @@ def render_html(document: dict, verdicts: list[Verdict] | None = None, trends: l
         outputs=outputs,
         side_by_side=len(columns) <= SIDE_BY_SIDE,
         targets=_targets(document),
+        states=_states(document),
         any_emulated=any(r["target"]["emulated"] for r in results),
         charts=_charts(results),
         chart_limit=CHART_LIMIT,
