@@ -64,13 +64,14 @@ def run(job: Job) -> None:
     from harness.serving import VariantServer
 
     start = time.perf_counter()
-    engine = load_engine(job.model, job.variant["precision"])
+    engine = load_engine(job.model, job.variant["precision"], graph=job.variant["graph"])
+    # before the server compiles the decode step (if the variant does), so the graph includes the hook
+    slowdown = _slow_down(engine.model, job.delay_ms_per_token) if job.delay_ms_per_token else None
     # The KV cache holds the longest request of this workload, as a deployment sized for it would.
     longest = max(len(engine.tokenizer.encode(_text(engine, p))) for p in job.prompts)
     adapters_dir = Path(job.adapters_dir) if job.adapters_dir else None
     server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens)
     load_ms = (time.perf_counter() - start) * 1e3
-    slowdown = _slow_down(engine.model, job.delay_ms_per_token) if job.delay_ms_per_token else None
     emit(
         "loaded",
         load_ms=load_ms,

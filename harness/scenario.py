@@ -33,6 +33,7 @@ Precision = Literal["fp32", "fp16", "int4"]
 Decoding = Literal["greedy", "ds2d"]
 LoraMode = Literal["runtime", "merged"]
 Prefill = Literal["per_stream", "shared"]
+Graph = Literal["eager", "compiled"]  # the engine's decode step: op by op, or compiled by torch.compile
 MODELS = ("smollm2-135m-instruct",)
 
 
@@ -54,6 +55,7 @@ class Variant:
     adapters: tuple[str, ...] = ()
     lora_mode: str = "runtime"  # runtime: adapter bank as forward inputs; merged: weights merged per adapter
     prefill: str = "per_stream"  # multi-stream prompt mode: per_stream (exact) or shared
+    graph: str = "eager"  # decode step run op by op, or compiled (local and adb targets)
 
     @property
     def key(self) -> str:
@@ -64,6 +66,8 @@ class Variant:
             parts.append(self.lora_mode)
         if self.prefill != "per_stream":
             parts.append(f"{self.prefill}-prefill")
+        if self.graph != "eager":
+            parts.append(self.graph)
         return "-".join(parts)
 
     def as_dict(self) -> dict:
@@ -74,6 +78,7 @@ class Variant:
             "adapters": list(self.adapters),
             "lora_mode": self.lora_mode,
             "prefill": self.prefill,
+            "graph": self.graph,
         }
 
     @classmethod
@@ -94,6 +99,8 @@ class Variant:
             return f"decoding {self.decoding!r} with adapters is not supported yet; supported: greedy"
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
+        if self.graph == "compiled" and (self.streams > 1 or self.decoding != "greedy" or self.adapters):
+            return "graph 'compiled' is not supported yet with streams, DS2D or adapters; supported: one stream, greedy, no adapters"
         return None
 
 
@@ -106,6 +113,7 @@ class VariantSpec(Strict):
     adapters: list[str] = []
     lora_mode: LoraMode = "runtime"
     prefill: Prefill = "per_stream"
+    graph: Graph = "eager"
 
 
 class VariantMatrix(Strict):
@@ -117,6 +125,7 @@ class VariantMatrix(Strict):
     adapters: list[list[str]] = Field(default=[[]], min_length=1)
     lora_mode: list[LoraMode] = Field(default=["runtime"], min_length=1)
     prefill: list[Prefill] = Field(default=["per_stream"], min_length=1)
+    graph: list[Graph] = Field(default=["eager"], min_length=1)
     include: list[VariantSpec] = []
 
     @model_validator(mode="after")
@@ -127,8 +136,8 @@ class VariantMatrix(Strict):
         return self
 
     def expand(self) -> list[Variant]:
-        axes = (self.precision, self.streams, self.decoding, self.adapters, self.lora_mode, self.prefill)
-        variants = [Variant(p, s, d, tuple(a), m, f) for p, s, d, a, m, f in itertools.product(*axes)]
+        axes = (self.precision, self.streams, self.decoding, self.adapters, self.lora_mode, self.prefill, self.graph)
+        variants = [Variant(p, s, d, tuple(a), m, f, g) for p, s, d, a, m, f, g in itertools.product(*axes)]
         variants += [Variant.from_dict(spec.model_dump()) for spec in self.include]
         return list(dict.fromkeys(variants))  # drop duplicates, keep order
 
@@ -142,6 +151,7 @@ class VariantSelector(Strict):
     adapters: list[str] | None = None
     lora_mode: LoraMode | None = None
     prefill: Prefill | None = None
+    graph: Graph | None = None
 
     def matches(self, variant: Variant) -> bool:
         wanted = self.model_dump(exclude_none=True)

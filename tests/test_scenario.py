@@ -82,6 +82,7 @@ def test_variant_keys_name_non_default_modes() -> None:
     assert variant.key == "int4-s3-greedy-formal+polite+jovial-shared-prefill"
     assert Variant.from_dict(variant.as_dict()) == variant
     assert Variant("fp16", 1, "greedy", ("formal",), "merged").key == "fp16-s1-greedy-formal-merged"
+    assert Variant("int4", graph="compiled").key == "int4-s1-greedy-compiled"
 
 
 @pytest.mark.parametrize("fields, problem", [
@@ -90,6 +91,7 @@ def test_variant_keys_name_non_default_modes() -> None:
     ({"lora_mode": "merged"}, "'merged' needs adapters and one stream"),
     ({"prefill": "shared"}, "'shared' needs more than one stream"),
     ({"precision": "int4", "adapters": ("a",), "lora_mode": "merged"}, "merging into int4 would requantize"),
+    ({"decoding": "ds2d", "graph": "compiled"}, "graph 'compiled' is not supported yet"),
 ])
 def test_impossible_combinations_are_named(fields: dict, problem: str) -> None:
     assert problem in Variant(**{"precision": "fp32", **fields}).problem()

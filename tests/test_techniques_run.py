@@ -32,8 +32,9 @@ def document(tmp_path_factory: pytest.TempPathFactory) -> dict:
             {"precision": "fp32", "adapters": STYLES},
             {"precision": "fp32", "adapters": STYLES, "lora_mode": "merged"},
             {"precision": "fp32", "streams": 2, "adapters": STYLES},
+            {"precision": "fp32", "graph": "compiled"},
         ]},
-        baseline={"precision": "fp32", "decoding": "greedy", "adapters": []},
+        baseline={"precision": "fp32", "decoding": "greedy", "adapters": [], "graph": "eager"},
         adapters_dir=str(REPO / "fixtures" / "adapters"),
         workload={"prompts": "prompts.jsonl", "max_new_tokens": 10, "repetitions": 1, "warmup": 0},
     )
@@ -78,3 +79,10 @@ def test_multistream_reports_speedup_and_one_output_per_stream(document: dict) -
     assert streams["metrics"]["multistream_speedup"]["n"] == len(PROMPTS)
     assert sorted((o["prompt_id"], o["adapter"]) for o in streams["outputs"]) == sorted(
         (p["id"], s) for p in PROMPTS for s in STYLES)
+
+
+def test_compiled_graph_gives_greedy_tokens_and_its_compile_time_counts_as_load(document: dict) -> None:
+    eager = result(document, streams=1, decoding="greedy", adapters=[], graph="eager")
+    compiled = result(document, graph="compiled")
+    assert [o["token_ids"] for o in compiled["outputs"]] == [o["token_ids"] for o in eager["outputs"]]
+    assert compiled["metrics"]["load_ms"]["median"] > eager["metrics"]["load_ms"]["median"]
