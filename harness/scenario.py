@@ -100,7 +100,8 @@ class Variant:
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
         if self.graph == "compiled" and (self.streams > 1 or self.decoding != "greedy" or self.adapters):
-            return "graph 'compiled' is not supported yet with streams, DS2D or adapters; supported: one stream, greedy, no adapters"
+            return ("graph 'compiled' is not supported yet with streams, DS2D or adapters; "
+                    "supported: one stream, greedy, no adapters")
         return None
 
 

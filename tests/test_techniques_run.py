@@ -23,8 +23,12 @@ STYLES = ["formal", "jovial"]
 
 
 @pytest.fixture(scope="module")
-def document(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("techniques")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("techniques")
+
+
+@pytest.fixture(scope="module")
+def document(folder: Path) -> dict:
     scenario = write_scenario(
         folder, PROMPTS,
         variants={"precision": ["fp32"], "include": [
@@ -81,8 +85,9 @@ def test_multistream_reports_speedup_and_one_output_per_stream(document: dict) -
         (p["id"], s) for p in PROMPTS for s in STYLES)
 
 
-def test_compiled_graph_gives_greedy_tokens_and_its_compile_time_counts_as_load(document: dict) -> None:
+def test_compiled_graph_gives_greedy_tokens_and_its_compile_time_counts_as_load(document: dict, folder: Path) -> None:
     eager = result(document, streams=1, decoding="greedy", adapters=[], graph="eager")
     compiled = result(document, graph="compiled")
     assert [o["token_ids"] for o in compiled["outputs"]] == [o["token_ids"] for o in eager["outputs"]]
     assert compiled["metrics"]["load_ms"]["median"] > eager["metrics"]["load_ms"]["median"]
+    assert "fp32 · 1 stream · greedy · compiled step" in (folder / "r.html").read_text()
