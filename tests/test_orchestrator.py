@@ -6,7 +6,7 @@ import pytest
 
 from harness.orchestrator import run_scenario
 from harness.runner import Job
-from harness.scenario import load_scenario
+from harness.scenario import Variant, load_scenario
 from harness.store import Store
 from harness.targets import TargetError, TargetInfo
 from harness.targets.local import LocalTarget
@@ -57,7 +57,7 @@ def test_failed_run_is_stored_and_others_continue(tmp_path) -> None:
 
 
 def test_local_runner_error_becomes_a_target_error() -> None:
-    job = Job("smollm2-135m-instruct", {"precision": "fp8"}, [{"id": "a", "prompt": "hi"}], 2, 0)
+    job = Job("smollm2-135m-instruct", Variant("fp8").as_dict(), [{"id": "a", "prompt": "hi"}], 2, 0)
     with pytest.raises(TargetError, match="runner failed: .*fp8"):
         list(LocalTarget().run(job, timeout_s=120))
 
