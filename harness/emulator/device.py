@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness.emulator import tools
 from harness.emulator.profiles import Profile
+from harness.targets.local import cpu_mhz
 
 WRITABLE = ("/data/local/tmp", "/sdcard")
 READABLE = WRITABLE + ("/proc", "/sys")
@@ -115,9 +116,7 @@ class EmulatedDevice:
 
     def refresh_cpufreq(self) -> None:
         """One cpufreq policy per host CPU, at the host CPU's current clock."""
-        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz")]
-        for index, value in enumerate(mhz):
+        for index, value in enumerate(cpu_mhz()):
             policy = self.root / f"sys/devices/system/cpu/cpufreq/policy{index}"
             policy.mkdir(parents=True, exist_ok=True)
             (policy / "scaling_cur_freq").write_text(f"{round(value * 1000)}\n")

@@ -70,8 +70,7 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
     state: dict = {
         "time_s": time.time(),
         "load_1m": float(Path("/proc/loadavg").read_text().split()[0]),
-        "cpu_mhz": {f"cpu{i}": round(float(line.split(":")[1])) for i, line in enumerate(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz"))},
+        "cpu_mhz": {f"cpu{i}": round(mhz) for i, mhz in enumerate(cpu_mhz())},
         "temperatures_c": _temperatures(),
     }
     if since is not None and runner_pid is not None:
@@ -79,6 +78,12 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
         state["other_cpu_s"] = round(max(0.0, now.busy_s - since.busy_s - process_cpu_s(runner_pid)), 2)
         state["steal_s"] = round(now.steal_s - since.steal_s, 2)
     return state
+
+
+def cpu_mhz() -> list[float]:
+    """Each host CPU's current clock, from /proc/cpuinfo."""
+    return [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("cpu MHz")]
 
 
 def _temperatures() -> dict[str, float]:
