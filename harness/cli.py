@@ -21,25 +21,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from harness.budgets import Verdict, evaluate, variant_of
-from harness.compare import Change, aa_noise, compare, last_good, regressions
-from harness.emulator import PROFILES, AdbServer
-from harness.emulator.control import inject
-from harness.emulator.device import FAULTS
+from harness.analysis.budgets import Verdict, evaluate, variant_of
+from harness.analysis.compare import Change, aa_noise, compare, last_good, regressions
+from harness.emulators.adb import PROFILES, AdbServer
+from harness.emulators.adb.control import inject
+from harness.emulators.adb.device import FAULTS
 from harness.errors import HarnessError
-from harness.interop import FORMATS, SUFFIX, export
-from harness.format import fmt
-from harness.history import history
-from harness.metrics import METRICS
-from harness.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
-from harness.report import write_html
-from harness.report.html import TREND_METRICS
-from harness.report.markdown import markdown_summary
-from harness.results import build_results, write_json
-from harness.scenario import load_scenario
+from harness.output.exports import FORMATS, SUFFIX, export
+from harness.output.format import fmt
+from harness.analysis.history import history
+from harness.measure.metrics import METRICS
+from harness.run.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
+from harness.output.report import write_html
+from harness.output.report.html import TREND_METRICS
+from harness.output.report.markdown import markdown_summary
+from harness.analysis.results import build_results, write_json
+from harness.spec.scenario import load_scenario
 from harness.store import DEFAULT_DB, Store
-from harness.targets import TargetInfo
-from harness.targets.adb import FOLDER, open_adb_targets
+from harness.targets.base import TargetInfo
+from harness.targets.adb.target import FOLDER, open_adb_targets
 
 
 def _wide(stderr: bool) -> Console:
@@ -394,7 +394,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_aihub_emulator(args: argparse.Namespace) -> int:
-    from harness.aihub.emulator import serve
+    from harness.emulators.aihub.emulator import serve
 
     serve(args.port, Path("~/.qai_hub/emulator.ini").expanduser())
     return 0

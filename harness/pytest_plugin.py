@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.budgets import Verdict, evaluate, variant_of
-from harness.compare import Change, compare, last_good, regressions
+from harness.analysis.budgets import Verdict, evaluate, variant_of
+from harness.analysis.compare import Change, compare, last_good, regressions
 from harness.errors import HarnessError
-from harness.format import fmt
-from harness.orchestrator import resolve_targets, run_scenario
-from harness.results import build_results
-from harness.scenario import Scenario, Variant, load_scenario
+from harness.output.format import fmt
+from harness.run.orchestrator import resolve_targets, run_scenario
+from harness.analysis.results import build_results
+from harness.spec.scenario import Scenario, Variant, load_scenario
 from harness.store import DEFAULT_DB, Store
-from harness.targets import Target, TargetInfo
+from harness.targets.base import Target, TargetInfo
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

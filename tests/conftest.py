@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.results import build_results
+from harness.analysis.results import build_results
 from harness.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,7 +148,7 @@ def wide_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import numpy as np
 
-    from harness.scenario import ScenarioFile
+    from harness.spec.scenario import ScenarioFile
     from harness.store import Sample
 
     path = tmp_path_factory.mktemp("wide") / "results.sqlite"
@@ -190,7 +190,7 @@ def no_real_adb_server():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, no_real_adb_server):
     """Emulated Galaxy S24 and S25 behind a loopback adb server, the one adbutils talks to."""
-    from harness.emulator import AdbServer
+    from harness.emulators.adb import AdbServer
 
     server = AdbServer(["galaxy-s24", "galaxy-s25"], tmp_path_factory.mktemp("devices")).start()
     with pytest.MonkeyPatch.context() as patch:

@@ -14,17 +14,18 @@ from pathlib import Path
 import pytest
 
 from conftest import harness, write_scenario
-from harness.emulator import AdbServer
-from harness.emulator.control import inject
+from harness.emulators.adb import AdbServer
+from harness.emulators.adb.control import inject
 from harness.errors import HarnessError
-from harness.orchestrator import resolve_targets, resumable, resume_run
-from harness.runner import Job
-from harness.scenario import load_scenario
+from harness.run.orchestrator import resolve_targets, resumable, resume_run
+from harness.run.protocol import Job
+from harness.spec.scenario import load_scenario
 from harness.store import Store
-from harness.targets import TargetError, open_targets
-from harness.targets.adb import FOLDER, inside_folder
-from harness.targets.android import Hygiene, energy_j, parse_state
-from harness.targets.runners import ReferenceRunner
+from harness.targets.base import TargetError
+from harness.targets.registry import open_targets
+from harness.targets.adb.target import FOLDER, inside_folder
+from harness.targets.adb.device_state import Hygiene, energy_j, parse_state
+from harness.targets.adb.runtimes import ReferenceRunner
 
 S24, S25 = "emu-galaxy-s24", "emu-galaxy-s25"
 ONE_PROMPT = [{"id": "capital", "prompt": "What is the capital of France? Answer with one word.",
@@ -276,7 +277,7 @@ def test_adapter_names_cannot_escape_through_deployment(server, tmp_path) -> Non
 
 def test_runner_command_quotes_its_values() -> None:
     command = ReferenceRunner().command("job; touch /data/local/tmp/pwned")
-    assert shlex.split(command) == ["python3", "-m", "harness.runner", "job; touch /data/local/tmp/pwned"]
+    assert shlex.split(command) == ["python3", "-m", "harness.run.runner", "job; touch /data/local/tmp/pwned"]
 
 
 # -- device state parsing (real formats) ----------------------------------------------------

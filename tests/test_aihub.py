@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.aihub.emulator import Emulator
+from harness.emulators.aihub.emulator import Emulator
 from harness.cli import _cell
 from harness.export import TOLERANCE
 from tests.conftest import REPO, write_scenario

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import DELAY_MS, CompareRuns, harness, write_scenario
-from harness.compare import compare, judge
+from harness.analysis.compare import compare, judge
 from harness.errors import HarnessError
-from harness.scenario import load_scenario
+from harness.spec.scenario import load_scenario
 from harness.store import Store
 
 SPEED = ("decode_tokens_per_s", "itl_ms", "e2e_ms")  # what a delay per decode step slows down

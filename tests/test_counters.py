@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.counters import agreement, exact_match, load_samples, request_samples
+from harness.measure.counters import agreement, exact_match, load_samples, request_samples
+from harness.run.protocol import Loaded, Request
 
-EVENT = {
-    "prompt_id": "p", "prompt_tokens": 20, "token_ids": [5, 6, 7, 8], "text": " Paris.",
+FIELDS = {
+    "prompt_id": "p", "warmup": False, "prompt_tokens": 20, "token_ids": [5, 6, 7, 8], "text": " Paris.",
     "token_times_s": [0.5, 0.6, 0.8, 0.9], "e2e_s": 0.95,
 }
+EVENT = Request(**FIELDS)
 
 
 def by_name(samples):
@@ -28,7 +30,7 @@ def test_latency_counters_follow_their_definitions() -> None:
 
 
 def test_one_token_has_no_decode_rate() -> None:
-    m = by_name(request_samples({**EVENT, "token_ids": [5], "token_times_s": [0.5]}, 0, None, None))
+    m = by_name(request_samples(Request(**{**FIELDS, "token_ids": [5], "token_times_s": [0.5]}), 0, None, None))
     assert "decode_tokens_per_s" not in m and "itl_ms" not in m
 
 
@@ -41,5 +43,5 @@ def test_accuracy_counters() -> None:
 
 
 def test_load_samples() -> None:
-    m = by_name(load_samples({"load_ms": 12.5, "weights_bytes": 100, "kv_cache_bytes": 7}, 2))
+    m = by_name(load_samples(Loaded(load_ms=12.5, weights_bytes=100, kv_cache_bytes=7), 2))
     assert m == {"load_ms": [12.5], "weights_bytes": [100.0], "kv_cache_bytes": [7.0]}

@@ -12,8 +12,8 @@ from pathlib import Path
 import adbutils
 import pytest
 
-from harness.emulator import AdbServer
-from harness.emulator.control import inject
+from harness.emulators.adb import AdbServer
+from harness.emulators.adb.control import inject
 
 
 def adb_cli() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import harness
-from harness.metrics import METRICS
+from harness.measure.metrics import METRICS
 
 # Every counter a plain greedy variant reports (technique counters need DS2D, adapters or streams).
 CORE = ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "itl_ms", "e2e_ms", "peak_rss_bytes",

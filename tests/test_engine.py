@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from harness.engine import PRECISIONS, Engine, load_engine, model_path
+from harness.engine import Engine, load_engine, model_path
+from harness.spec.variant import PRECISIONS
 from tests.conftest import multilingual_samples
 
 MODEL = "smollm2-135m-instruct"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import STEP_RUN, CompareRuns, harness
-from harness.history import history
+from harness.analysis.history import history
 from harness.store import Store
 
 

@@ -11,7 +11,7 @@ from harness.engine.lora import (AdapterBank, LoraAdapter, hf_to_gguf_rows, line
                                  merged_sets, save_peft)
 from harness.engine.model import apply_rotary_emb, precompute_freqs_cis
 from harness.engine.multistream import generate_streams, generate_with_adapter
-from harness.style import style_scores
+from harness.measure.style import load_markers, style_score
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 STYLES = ("formal", "polite", "jovial")
@@ -172,6 +172,7 @@ def test_each_adapter_raises_its_style(engine: Engine, bank: AdapterBank) -> Non
                                    list(texts), "per_stream")
         for name, gen in zip(texts, streams):
             texts[name] += engine.tokenizer.decode(gen.token_ids) + "\n"
-    base = style_scores(texts[None])
     for style in STYLES:
-        assert style_scores(texts[style])[style] > base[style] + 2, (style, texts[style], texts[None])
+        markers = load_markers(FIXTURES / "adapters" / style)
+        base = style_score(texts[None], markers)
+        assert style_score(texts[style], markers) > base + 2, (style, texts[style], texts[None])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness.orchestrator import run_scenario
-from harness.runner import Job
-from harness.scenario import Variant, load_scenario
+from harness.run.orchestrator import run_scenario
+from harness.run.protocol import Job, Loaded, Process, Request
+from harness.spec.scenario import Variant, load_scenario
 from harness.store import Store
-from harness.targets import TargetError, TargetInfo
+from harness.targets.base import TargetError, TargetInfo
 from harness.targets.local import LocalTarget
 
 from conftest import write_scenario
@@ -25,13 +25,13 @@ class ScriptedTarget:
     def run(self, job: Job, timeout_s: float):
         precision = job.variant["precision"]
         self.calls.append((precision, len(self.calls)))
-        yield {"event": "loaded", "load_ms": 10.0, "weights_bytes": 100, "kv_cache_bytes": 10}
+        yield Loaded(load_ms=10.0, weights_bytes=100, kv_cache_bytes=10)
         for prompt in job.prompts:
-            yield {"event": "sample", "prompt_id": prompt["id"], "warmup": False, "prompt_tokens": 3,
-                   "token_ids": [1, 2, 3], "text": "Paris", "token_times_s": [0.1, 0.2, 0.3], "e2e_s": 0.3}
+            yield Request(prompt_id=prompt["id"], warmup=False, prompt_tokens=3, token_ids=[1, 2, 3], text="Paris",
+                          token_times_s=[0.1, 0.2, 0.3], e2e_s=0.3)
             if precision == "fp16" and len(self.calls) > 2:
                 raise TargetError("device lost")
-        yield {"event": "process", "peak_rss_bytes": 1000}
+        yield Process(peak_rss_bytes=1000)
 
 
 def test_failed_run_is_stored_and_others_continue(tmp_path) -> None:

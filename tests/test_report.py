@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from conftest import DELAY_MS, harness
-from harness.report import render_html
+from harness.output.report import render_html
 
 EVIL = "<script>alert('x')</script>"
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, harness, write_scenario
 from harness.errors import HarnessError
-from harness.scenario import Variant, load_scenario
+from harness.spec.scenario import Variant, load_scenario
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo"])

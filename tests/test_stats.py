@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from harness.stats import bootstrap_interval, ratio_with_interval, summarize
+from harness.analysis.stats import bootstrap_interval, ratio_with_interval, summarize
 
 
 def test_summary_matches_textbook_values() -> None:

@@ -12,9 +12,9 @@ from harness.engine.gguf_file import model_config, model_path, read_gguf, state_
 from harness.engine.model import Transformer
 from harness.engine.precision import get_precision
 from harness.engine.tokenizer import Tokenizer
+from harness.spec.variant import GRAPHS
 
 
-GRAPHS = ("eager", "compiled")
 
 
 class Engine:

@@ -18,8 +18,8 @@ from torch import Tensor
 from harness.engine.generate import Generation, check_lengths
 from harness.engine.lora import AdapterBank
 from harness.engine.model import AdapterInputs, Transformer
+from harness.spec.variant import PREFILLS
 
-PREFILLS = ("per_stream", "shared")
 
 
 @torch.inference_mode()

@@ -6,6 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.spec.variant import PRECISIONS
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -22,7 +24,7 @@ _PRECISIONS = {
         Precision("int4", torch.bfloat16, int4=True),  # bf16: the int4 kernel's fast inputs (int4.ACTIVATIONS)
     )
 }
-PRECISIONS = tuple(_PRECISIONS)
+assert tuple(_PRECISIONS) == PRECISIONS, "the engine holds every precision a variant may name"
 
 FP16_NATIVE_MAX_ROWS = 8
 

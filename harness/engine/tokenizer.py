@@ -50,3 +50,9 @@ class Tokenizer:
     def chat_prompt(self, user: str) -> str:
         messages = [{"role": "user", "content": user}]
         return self.template.render(messages=messages, add_generation_prompt=True)
+
+    def prompt_text(self, prompt: dict) -> str:
+        """A prompt file entry as the model sees it: in the chat template unless its template is raw."""
+        if prompt.get("template", "chat") == "chat":
+            return self.chat_prompt(prompt["prompt"])
+        return prompt["prompt"]

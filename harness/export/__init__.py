@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from harness.aihub.device import exact_session_options
 from harness.engine import Engine
 from harness.engine.gguf_file import dequantized, model_path, named_tensors, q4_1_blocks, read_gguf
 from harness.engine.lora import AdapterBank
 from harness.export import feeds, graph
 from harness.export.graph import GraphSpec, Int4Linear, Int8Rows, Weights
+from harness.export.onnx_session import exact_session_options
 
 # Largest |logit difference| against the engine at the same precision that an export may
 # show. The engine itself is not exact: fp16 rounds activations to fp16 where the graph

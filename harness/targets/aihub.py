@@ -22,16 +22,31 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-from harness.runner import Job
-from harness.targets import TargetError, TargetInfo
+from pydantic import BaseModel, ConfigDict, PositiveInt
+
+from harness.run import protocol
+from harness.run.protocol import Job
+from harness.targets.base import TargetError, TargetInfo
 
 EMULATED_ATTRIBUTE = "emulated:onnxruntime-host"  # what the loopback AI Hub's devices carry
 GRAPHS = ("prefill", "decode")
 
 
+class AiHubSettings(BaseModel):
+    """How the aihub target uses Qualcomm AI Hub: the scenario's `aihub:` block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str | None = None  # qai-hub client profile (~/.qai_hub/<profile>.ini); default: its client.ini
+    target_runtime: Literal["qnn_context_binary", "onnx", "precompiled_qnn_onnx", "qnn_dlc", "tflite"] = \
+        "qnn_context_binary"
+    prefill_chunk: PositiveInt = 128  # prompt tokens per prefill graph call (Qualcomm's AR-128)
+
+
 class AiHubTarget:
-    def __init__(self, device: str, settings) -> None:
+    def __init__(self, device: str, settings: AiHubSettings) -> None:
         self.device_name, self.settings = device, settings
         self.problem: str | None = None  # why nothing can run here; each variant's result stores it
         self._compiled: dict[tuple[str, str], object] = {}  # (export digest, graph) -> compiled model
@@ -50,7 +65,7 @@ class AiHubTarget:
         self.info = TargetInfo(kind="aihub", name=device, serial=None, model=device, soc=chipset,
                                emulated=EMULATED_ATTRIBUTE in attributes)
 
-    def run(self, job: Job, timeout_s: float) -> Iterator[dict]:
+    def run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
         if self.problem:
             raise TargetError(self.problem)
         variant = job.variant
@@ -77,7 +92,7 @@ class _Session:
         self.client = target.client
         self.timeout_s = deadline - time.monotonic()
 
-    def run(self) -> Iterator[dict]:
+    def run(self) -> Iterator[protocol.Event]:
         from qai_hub.client import Device
 
         from harness.export import ExportError, export_variant, feeds
@@ -90,7 +105,7 @@ class _Session:
             export = export_variant(engine, self.job.model, self.job.variant["precision"], bank, chunk, context)
         except ExportError as exc:
             raise TargetError(str(exc)) from None
-        yield {"event": "job", "kind": "export", "digest": export.digest, "check": export.check}
+        yield protocol.RemoteJob({"kind": "export", "digest": export.digest, "check": export.check})
         device = Device(self.target.device_name)
         compiled = yield from self._compile(export, device)
         adapters = self.job.variant["adapters"] or [None]
@@ -119,16 +134,15 @@ class _Session:
         """The host reference engine, the variant's adapter bank and the prompts' token ids."""
         from harness.engine import load_engine
         from harness.engine.lora import AdapterBank, load_peft
-        from harness.runner import _text
 
         engine = load_engine(self.job.model, self.job.variant["precision"])
         names = self.job.variant["adapters"]
         folder = Path(self.job.adapters_dir or ".")
         bank = AdapterBank.stack({n: load_peft(folder / n, engine.model.config) for n in names}, dtype=engine.dtype)
-        prompts = {p["id"]: engine.tokenizer.encode(_text(engine, p)) for p in self.job.prompts}
+        prompts = {p["id"]: engine.tokenizer.encode(engine.tokenizer.prompt_text(p)) for p in self.job.prompts}
         return engine, bank, prompts
 
-    def _compile(self, export, device) -> Iterator[dict]:
+    def _compile(self, export, device) -> Iterator[protocol.Event]:
         """Compiled models of both graphs; both compile jobs are submitted before either is awaited."""
         options = f"--target_runtime {self.target.settings.target_runtime}"
         compiled = {g: self.target._compiled.get((export.digest + options, g)) for g in GRAPHS}
@@ -166,7 +180,7 @@ class _Session:
                 delay = min(delay * 2, 10.0)
         return failed
 
-    def _accuracy(self, jobs: dict, cases: dict) -> Iterator[dict]:
+    def _accuracy(self, jobs: dict, cases: dict) -> Iterator[protocol.Event]:
         from harness.export import feeds
 
         outputs = {g: jobs[g].download_output_data()["logits"] for g in GRAPHS}
@@ -177,10 +191,10 @@ class _Session:
                 agreements.append(agreement * case.rows)
                 diffs.append(diff)
             rows = sum(case.rows for case in pair)
-            yield {"event": "counters", "prompt_id": prompt_id, "adapter": adapter, "counters": {
-                "top1_agreement_host": sum(agreements) / rows, "max_abs_logit_diff_host": max(diffs)}}
+            yield protocol.Counters(prompt_id, {"top1_agreement_host": sum(agreements) / rows,
+                                                "max_abs_logit_diff_host": max(diffs)}, adapter)
 
-    def _profile_counters(self, jobs: dict, prompts: dict[str, list[int]], chunk: int) -> Iterator[dict]:
+    def _profile_counters(self, jobs: dict, prompts: dict[str, list[int]], chunk: int) -> Iterator[protocol.Event]:
         profiles = {g: jobs[g].download_profile() for g in GRAPHS}
         summary = {g: profiles[g]["execution_summary"] for g in GRAPHS}
         times_ms = {g: [t / 1e3 for t in summary[g].get("all_inference_times") or [summary[g]["estimated_inference_time"]]]
@@ -197,12 +211,11 @@ class _Session:
         if all(isinstance(p, (tuple, list)) for p in peaks):  # the larger graph bounds the deployment
             counters["peak_memory_low_bytes"] = max(p[0] for p in peaks)
             counters["peak_memory_high_bytes"] = max(p[1] for p in peaks)
-        yield {"event": "counters", "prompt_id": None, "counters": counters}
+        yield protocol.Counters(None, counters)
         chunk_ms, step_ms = statistics.median(times_ms["prefill"]), statistics.median(times_ms["decode"])
         for prompt_id, ids in prompts.items():
-            yield {"event": "counters", "prompt_id": prompt_id, "counters": {
-                "ttft_ms_derived": -(-len(ids) // chunk) * chunk_ms,
-                "decode_tokens_per_s_derived": 1e3 / step_ms}}
+            yield protocol.Counters(prompt_id, {"ttft_ms_derived": -(-len(ids) // chunk) * chunk_ms,
+                                                "decode_tokens_per_s_derived": 1e3 / step_ms})
 
 
 def _dataset(cases: list) -> dict[str, list]:
@@ -210,8 +223,8 @@ def _dataset(cases: list) -> dict[str, list]:
     return {name: [case.inputs[name] for case in cases] for name in cases[0].inputs}
 
 
-def _job_event(kind: str, graph: str, job) -> dict:
-    return {"event": "job", "kind": kind, "graph": graph, "job_id": job.job_id, "url": job.url}
+def _job_event(kind: str, graph: str, job) -> protocol.RemoteJob:
+    return protocol.RemoteJob({"kind": kind, "graph": graph, "job_id": job.job_id, "url": job.url})
 
 
 def _failure(job) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.emulator import AdbServer
-from harness.runner import Job
-from harness.targets import open_targets
-from harness.targets.runners import ReferenceRunner
+from harness.emulators.adb import AdbServer
+from harness.run.protocol import Job
+from harness.targets.registry import open_targets
+from harness.targets.adb.runtimes import ReferenceRunner
 
 SIZE = 100 * 1000 * 1000
 IDLE_RUNNER = """#!/bin/sh
@@ -65,7 +65,7 @@ def test_overhead_per_adb_run_under_100_ms(phone, benchmark, tmp_path) -> None:
     phone.adapter = IdleRunner(script)
     job = Job("smollm2-135m-instruct", {"precision": "fp16"}, [{"id": "a", "prompt": "hi"}], 2, 0)
     events = benchmark.pedantic(lambda: list(phone.run(job, timeout_s=30)), rounds=20, warmup_rounds=2)
-    assert [e["event"] for e in events] == ["device", "process", "device"]
+    assert [e.name for e in events] == ["device", "process", "device"]
     median_ms = benchmark.stats.stats.median * 1e3
     print(f"\noverhead per adb run: {median_ms:.1f} ms (median of 20)")
     assert median_ms < 100

@@ -25,8 +25,8 @@ from llama_cpp import Llama
 
 from harness.engine import Engine, load_engine, model_path
 from harness.engine import ds2d
-from harness.prompts import Prompt, load_prompts
-from harness.stats import ratio_with_interval
+from harness.spec.prompts import Prompt, load_prompts
+from harness.analysis.stats import ratio_with_interval
 
 THREADS = 2
 MAX_NEW_TOKENS = 64

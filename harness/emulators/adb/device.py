@@ -1,0 +1,235 @@
+"""One emulated phone: a sandbox directory, real processes, device state files, faults.
+
+Device paths resolve inside the sandbox: `/data/local/tmp` and `/sdcard` are writable
+folders, `/sys/...` holds the thermal, battery and cpufreq files, and `/proc/<pid>` is a
+link to the host's `/proc/<pid>` for the device's own processes only. Shell commands run
+in a real `/bin/sh` with those device paths rewritten to the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from harness.emulators.adb import tools
+from harness.emulators.adb.profiles import Profile
+from harness.measure.host import cpu_mhz, rss_bytes
+
+WRITABLE = ("/data/local/tmp", "/sdcard")
+READABLE = WRITABLE + ("/proc", "/sys")
+# A device path in a shell command: /data, /sdcard, /proc or /sys not inside another path.
+_DEVICE_PATH = re.compile(r"(?<![\w./-])/(?=(?:data|sdcard|proc|sys)(?:/|\b))")
+THERMAL_ZONES = ("AP", "BAT", "SKIN")  # HAL types CPU, BATTERY, SKIN in dumpsys thermalservice
+DEFAULT_RUNNER = "harness.run.runner"  # what drop-run / hang match unless given a pattern
+
+
+class FaultError(ValueError):
+    """A fault specification that is not understood."""
+
+
+@dataclass
+class Faults:
+    """Injected faults. One-shot faults clear when they fire; the others stay until `clear`."""
+
+    drop_push: bool = False  # close the connection in the middle of the next push
+    drop_run: str | None = None  # close the connection of the next command containing this text, once it printed
+    hang: str | None = None  # stop (SIGSTOP) the next command containing this text
+    oom_bytes: int | None = None  # SIGKILL any process whose resident set grows past this
+    slow_bytes_per_s: float | None = None  # throttle pushes, pulls and shell output
+    full: bool = False  # storage full: pushes fail with ENOSPC
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, name: str, command: str) -> bool:
+        """True once if the one-shot fault `name` is armed for `command`."""
+        with self.lock:
+            pattern = getattr(self, name)
+            if pattern and (pattern is True or pattern in command):
+                setattr(self, name, False if pattern is True else None)
+                return True
+            return False
+
+
+def parse_size(text: str) -> float:
+    """'200M', '1.5G', '4096' -> bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)", text.strip().upper())
+    if not match:
+        raise FaultError(f"not a size: {text!r} (examples: 4096, 512K, 200M, 1G)")
+    return float(match[1]) * 1024 ** " KMG".index(match[2] or " ")
+
+
+class EmulatedDevice:
+    def __init__(self, profile: Profile, serial: str, root: Path, transport_id: int) -> None:
+        self.profile, self.serial, self.root, self.transport_id = profile, serial, root, transport_id
+        self.faults = Faults()
+        self.processes: dict[int, subprocess.Popen] = {}
+        self._setup()
+
+    # -- the sandbox -------------------------------------------------------------------
+    def _setup(self) -> None:
+        for folder in ("data/local/tmp", "sdcard", "proc", "hil", "system/bin", "sys/class/power_supply/battery"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        props = {**self.profile.props, "ro.serialno": self.serial}
+        (self.root / "hil/build.prop").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        for name, script in (("getprop", tools.GETPROP), ("dumpsys", tools.DUMPSYS)):
+            path = self.root / "system/bin" / name
+            path.write_text(script.format(root=self.root))
+            path.chmod(0o755)
+        for index, kind in enumerate(THERMAL_ZONES):
+            zone = self.root / f"sys/class/thermal/thermal_zone{index}"
+            zone.mkdir(parents=True, exist_ok=True)
+            (zone / "type").write_text(kind + "\n")
+        self.set_thermal(0, 30.0)
+        # A phone on a farm sits on USB power: the emulated one reports that (no energy numbers).
+        self.set_battery("usb")
+        self._write("hil/wakefulness", "Asleep")
+        self.refresh_cpufreq()
+
+    def _write(self, relative: str, value: object) -> None:
+        (self.root / relative).write_text(f"{value}\n")
+
+    def set_thermal(self, status: int, temp_c: float) -> None:
+        if not 0 <= status <= 6:
+            raise FaultError(f"thermal status {status} out of range 0..6")
+        self._write("hil/thermal_status", status)
+        for index in range(len(THERMAL_ZONES)):
+            self._write(f"sys/class/thermal/thermal_zone{index}/temp", round(temp_c * 1000))
+        self._write("sys/class/power_supply/battery/temp", round(temp_c * 10))
+
+    def set_battery(self, plugged: str) -> None:
+        """'usb' or 'ac': charging at full level; 'none': discharging."""
+        if plugged not in ("usb", "ac", "none"):
+            raise FaultError(f"battery {plugged!r}: allowed usb, ac, none")
+        self._write("hil/plugged", plugged)
+        battery = "sys/class/power_supply/battery"
+        self._write(f"{battery}/status", "Full" if plugged != "none" else "Discharging")
+        self._write(f"{battery}/capacity", 100)
+        self._write(f"{battery}/voltage_now", 4_350_000)  # uV
+        self._write(f"{battery}/current_now", 0)
+
+    def refresh_cpufreq(self) -> None:
+        """One cpufreq policy per host CPU, at the host CPU's current clock."""
+        for index, value in enumerate(cpu_mhz()):
+            policy = self.root / f"sys/devices/system/cpu/cpufreq/policy{index}"
+            policy.mkdir(parents=True, exist_ok=True)
+            (policy / "scaling_cur_freq").write_text(f"{round(value * 1000)}\n")
+
+    def path(self, device_path: str, write: bool = False) -> Path:
+        """The sandbox file for a device path; PermissionError outside what the shell user may touch."""
+        normal = posixpath.normpath(device_path)
+        allowed = WRITABLE if write else READABLE
+        if not normal.startswith("/") or not any(normal == r or normal.startswith(r + "/") for r in allowed):
+            raise PermissionError(f"{device_path}: Permission denied")
+        return self.root / normal.lstrip("/")
+
+    def rewrite(self, command: str) -> str:
+        return _DEVICE_PATH.sub(str(self.root) + "/", command)
+
+    # -- processes ---------------------------------------------------------------------
+    def spawn(self, command: str, merged: bool) -> subprocess.Popen:
+        """`sh -c command` in the sandbox, in its own process group; stdout (and stderr) piped."""
+        self.refresh_cpufreq()
+        env = {
+            "PATH": f"{self.root}/system/bin:{Path(sys.executable).parent}:/usr/bin:/bin",
+            "HOME": str(self.root / "data/local/tmp"),
+            "TMPDIR": str(self.root / "data/local/tmp"),
+            "LANG": "C.UTF-8",
+            **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")},
+        }
+        # The shell waits for a first stdin line until its /proc/<pid> link exists, then runs the
+        # command itself (same pid); `read` takes that line only, the rest of stdin is the command's.
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", 'read _; eval "$1"', "sh", self.rewrite(command)], cwd=self.root, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+            start_new_session=True, bufsize=0,
+        )
+        link = self.root / "proc" / str(process.pid)
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/proc/{process.pid}")
+        self.processes[process.pid] = process
+        process.stdin.write(b"\n")
+        if self.faults.take("hang", command):
+            os.killpg(process.pid, signal.SIGSTOP)
+        if self.faults.oom_bytes:
+            threading.Thread(target=self._oom_watch, args=(process, self.faults.oom_bytes), daemon=True).start()
+        return process
+
+    def reap(self, process: subprocess.Popen) -> int:
+        """Kill what is left of the command's process group; its exit code as adbd reports it."""
+        if process.poll() is None:
+            kill_group(process)
+        code = process.wait()
+        self.processes.pop(process.pid, None)
+        (self.root / "proc" / str(process.pid)).unlink(missing_ok=True)
+        return 128 - code if code < 0 else code  # killed by signal N -> 128 + N
+
+    def _oom_watch(self, process: subprocess.Popen, limit: float) -> None:
+        """What the low-memory killer does: SIGKILL once the resident set passes the limit."""
+        while process.poll() is None:
+            try:
+                rss = rss_bytes(process.pid)
+            except psutil.Error:
+                return
+            if rss > limit:
+                kill_group(process)
+                return
+            time.sleep(0.02)
+
+    # -- control -----------------------------------------------------------------------
+    def inject(self, spec: str) -> None:
+        """Apply a fault specification (see `FAULTS`)."""
+        name, _, argument = spec.partition(":")
+        faults = self.faults
+        with faults.lock:
+            if name == "drop-push":
+                faults.drop_push = True
+            elif name == "drop-run":
+                faults.drop_run = argument or DEFAULT_RUNNER
+            elif name == "hang":
+                faults.hang = argument or DEFAULT_RUNNER
+            elif name == "oom":
+                faults.oom_bytes = int(parse_size(argument))
+            elif name == "slow":
+                faults.slow_bytes_per_s = parse_size(argument)
+            elif name == "full":
+                faults.full = True
+            elif name == "thermal":
+                status, _, temp = argument.partition(":")
+                self.set_thermal(int(status), float(temp or 30.0))
+            elif name == "battery":
+                self.set_battery(argument)
+            elif name == "clear":
+                self.faults = Faults()
+                self.set_thermal(0, 30.0)
+                self.set_battery("usb")
+            else:
+                raise FaultError(f"unknown fault {spec!r}; allowed: {', '.join(FAULTS)}")
+
+
+FAULTS = {
+    "drop-push": "close the connection in the middle of the next push",
+    "drop-run[:TEXT]": f"close the connection of the next command containing TEXT (default {DEFAULT_RUNNER})",
+    "hang[:TEXT]": "stop the next command containing TEXT; it never answers",
+    "oom:SIZE": "kill any process whose resident set passes SIZE, as the low-memory killer would",
+    "slow:RATE": "throttle the link to RATE bytes/s (e.g. 1M)",
+    "full": "storage full: pushes fail with 'No space left on device'",
+    "thermal:STATUS[:TEMP_C]": "set the thermal status (0..6) and temperatures",
+    "battery:usb|ac|none": "charging on USB/AC, or discharging",
+    "clear": "remove every fault and restore the default state",
+}
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

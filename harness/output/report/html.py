@@ -1,0 +1,252 @@
+"""The HTML report: one self-contained file (inline CSS, charts as data URIs, no network).
+
+All text goes through jinja2's autoescaping, and the pandas tables through `to_html`'s
+escaping; nothing from a scenario, a prompt or a model output is marked safe unescaped.
+It stays readable at 50 variants and 100 past runs: sections fold (<details>), and a
+chart with more rows than CHART_LIMIT gives way to its table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+from harness.analysis.budgets import Verdict, evaluate, spec_of, variant_of
+from harness.output.format import fmt
+from harness.analysis.history import Series
+from harness.measure.metrics import METRICS
+from harness.output.report import charts
+from harness.analysis.stats import bootstrap_interval, ratio_with_interval
+from harness.targets.base import TargetInfo
+
+CHART_LIMIT = 16  # variant x target rows in one chart
+TREND_LINES = 12  # series in one trend chart
+TREND_METRICS = ("decode_tokens_per_s", "ttft_ms", "e2e_ms", "peak_rss_bytes")
+SIDE_BY_SIDE = 6  # output columns shown side by side; more: one table per prompt
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("harness.output.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+_ENV.filters["fmt"] = fmt
+_ENV.filters["target_key"] = lambda target: TargetInfo(**target).key
+
+
+def _target_label(target: dict) -> str:
+    return TargetInfo(**target).key + (" (emulated)" if target["emulated"] else "")
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def _find(results: list[dict], target: dict, selector) -> dict | None:
+    return next((r for r in results if r["target"] == target and selector.matches(variant_of(r))), None)
+
+
+def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
+    """Each comparison the scenario declares: a budget on a ratio between two variants, or on a
+    counter that is itself a comparison (DS2D vs greedy, K streams vs K runs, KL vs the baseline)."""
+    spec, results = spec_of(document), document["results"]
+    rows = []
+    for v in verdicts:
+        budget, metric = v.budget, METRICS[v.budget.metric]
+        kind, limit = budget.bound
+        ratio = kind.endswith("_ratio")
+        if not (ratio or metric.versus):
+            continue
+        result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
+        reference = _find(results, result["target"], budget.against or spec.baseline) if ratio else None
+        if ratio:
+            versus = variant_of(reference).key if reference else "(no reference)"
+        elif metric.versus == "baseline":
+            versus = _variant_key(_find(results, result["target"], spec.baseline)) + " (baseline)"
+        else:
+            versus = metric.versus
+        rows.append({
+            "what": f"{v.variant} vs {versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
+            "emulated": result["target"]["emulated"], "measured": v.measured,
+            "interval": _comparison_interval(result, reference, budget),
+            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if ratio else ''}",
+            "stat": f"ratio of {budget.stat}s" if ratio else budget.stat, "passed": v.passed,
+        })
+    return rows
+
+
+def _variant_key(result: dict | None) -> str:
+    return variant_of(result).key if result else "-"
+
+
+def _comparison_interval(result: dict, reference: dict | None, budget) -> tuple[float, float] | None:
+    """The bootstrap interval of what the budget checks: the statistic, or its ratio to the reference's."""
+    def samples(r: dict) -> list[float] | None:
+        metrics = r["metrics"] if budget.kind is None else r["metrics_by_kind"].get(budget.kind, {})
+        return metrics[budget.metric]["samples"] if budget.metric in metrics else None
+
+    mine = samples(result)
+    if mine is None:
+        return None
+    if not budget.bound[0].endswith("_ratio"):
+        return bootstrap_interval(mine, budget.stat)
+    theirs = samples(reference) if reference else None
+    return None if theirs is None else ratio_with_interval(mine, theirs, budget.stat)[1]
+
+
+def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
+    """Per metric: a pandas table, one row per variant x target, with the ratio to the baseline."""
+    results = document["results"]
+    tables = []
+    for name, metric in METRICS.items():
+        records = []
+        for result in (r for r in results if name in r["metrics"]):
+            m = result["metrics"][name]
+            base = next((r for r in results if r["target"] == result["target"]
+                         and variant_of(r).key == baseline_key and name in r["metrics"]), None)
+            ratio, ratio_ci = ratio_with_interval(m["samples"], base["metrics"][name]["samples"]) if base else (None, (None, None))
+            records.append({
+                "variant": variant_of(result).key, "target": _target_label(result["target"]), "n": m["n"],
+                "median": fmt(m["median"]), "95 % interval": _interval(*m["ci95"]), "mean": fmt(m["mean"]),
+                "stdev": fmt(m["stdev"]), "p90": fmt(m["p90"]), "p99": fmt(m["p99"]),
+                "ratio to baseline": fmt(ratio), "ratio 95 % interval": _interval(*ratio_ci),
+            })
+        if records:
+            table = pd.DataFrame.from_records(records).to_html(index=False, escape=True, border=0, classes="metric")
+            tables.append({"metric": metric, "rows": len(records), "html": Markup(table)})
+    return tables
+
+
+def _outputs(document: dict) -> tuple[list[str], list[dict]]:
+    """Outputs side by side: one row per prompt, one column per variant x target x adapter (style)."""
+    columns: list[str] = []
+    cells: dict[tuple[str, str], str] = {}  # (prompt, column) -> text
+    for result in document["results"]:
+        for output in result["outputs"]:
+            column = f"{variant_of(result).key} @ {_target_label(result['target'])}"
+            if output.get("adapter"):
+                column += f" · {output['adapter']}"
+            if column not in columns:
+                columns.append(column)
+            cells[(output["prompt_id"], column)] = output["text"]
+    prompts = list(dict.fromkeys(prompt for prompt, _ in cells))
+    return columns, [{"prompt_id": p, "texts": [cells.get((p, c), "") for c in columns]} for p in prompts]
+
+
+def _targets(document: dict) -> list[dict]:
+    """What stands behind each number: every target's identity and state as the target reported it."""
+    return list({TargetInfo(**r["target"]).key: r["target"] for r in document["results"]}.values())
+
+
+def _states(document: dict) -> Markup | None:
+    """Each target's state before and after every runner process: thermal, clocks, load, battery."""
+    records = [{"variant": variant_of(r).key, "target": _target_label(r["target"]),
+                "repetition": state["repetition"] + 1, "phase": state["phase"], **_state_cells(state)}
+               for r in document["results"] for state in r.get("device_states", [])]
+    if not records:
+        return None
+    columns = ["variant", "target", "repetition", "phase", *_state_cells({}, every=True)]
+    table = pd.DataFrame.from_records(records, columns=columns).dropna(axis="columns", how="all").fillna("")
+    return Markup(table.to_html(index=False, escape=True, border=0, classes="metric"))
+
+
+def _state_cells(state: dict, every: bool = False) -> dict[str, str | None]:
+    """The comparable part of a state; phones and hosts report different things, so cells may
+    stay empty (`every`: keep the empty ones, for the column order)."""
+    clocks = [khz / 1e3 for khz in state.get("cpu_freq_khz", {}).values()] or list(state.get("cpu_mhz", {}).values())
+    temperatures = state.get("temperatures_c") or {}
+    cells = {
+        "thermal status": state.get("thermal_status"),
+        "max temp °C": max(temperatures.values()) if temperatures else None,
+        "CPU MHz": _span(clocks),
+        "load (1 min)": state.get("load_1m"),
+        "other processes' CPU s": state.get("other_cpu_s"),
+        "steal s": state.get("steal_s"),
+        "battery": f"{state['battery_level']} % · {state.get('plugged', '?')}" if state.get("battery_level") is not None else None,
+        "screen": state.get("screen"),
+        "warnings": "; ".join(state.get("warnings", [])) or None,
+    }
+    return {name: fmt(value) if isinstance(value, float) else value for name, value in cells.items()
+            if value is not None or every}
+
+
+def _span(values: list[float]) -> str | None:
+    if not values:
+        return None
+    low, high = f"{min(values):,.0f}", f"{max(values):,.0f}"
+    return low if low == high else f"{low}-{high}"
+
+
+def _trends(series: list[Series]) -> dict:
+    """Per trend metric: a chart when the series fit in one, and a table of every series with its steps."""
+    by_metric = {m: [s for s in series if s.metric == m and len(s.points) > 1] for m in TREND_METRICS}
+    rows = [{"variant": s.variant, "target": s.target + (" (emulated)" if s.emulated else ""), "metric": s.metric,
+             "runs": len(s.points), "first": fmt(s.points[0].median), "last": fmt(s.points[-1].median),
+             "steps": "; ".join(f"{p.run_id}: {p.step} x{p.change:.2f}" for p in s.steps) or "-"}
+            for s in series if len(s.points) > 1]
+    trend_charts = {m: _trend_chart(s, m) for m, s in by_metric.items() if s}
+    return {
+        "charts": {m: chart for m, chart in trend_charts.items() if chart},
+        "steps": [r for r in rows if r["steps"] != "-"],
+        "table": Markup(pd.DataFrame.from_records(rows).to_html(index=False, escape=True, border=0, classes="metric"))
+        if rows else None,
+    }
+
+
+def _trend_chart(series: list[Series], metric: str) -> dict | None:
+    """Every series in one chart when they fit; past TREND_LINES, only those with a step change."""
+    if len(series) <= TREND_LINES:
+        return {"uri": charts.trend(series, metric), "note": None}
+    stepped = [s for s in series if s.steps][:TREND_LINES]
+    if not stepped:
+        return None
+    return {"uri": charts.trend(stepped, metric),
+            "note": f"{len(stepped)} of {len(series)} series: those with a step change (every series is in the table)"}
+
+
+def _charts(results: list[dict]) -> dict[str, str | None]:
+    if len(results) > CHART_LIMIT:
+        return {}
+    return {
+        "End-to-end latency per request": charts.latency_distribution(results, "e2e_ms"),
+        "Decode speed": charts.median_with_interval(results, "decode_tokens_per_s"),
+        "Memory": charts.memory_split(results),
+        "DS2D acceptance by draft depth": charts.acceptance_by_depth(results),
+        "Multi-stream speedup by K": charts.speedup_by_streams(results),
+    }
+
+
+def render_html(document: dict, verdicts: list[Verdict] | None = None, trends: list[Series] | None = None) -> str:
+    spec = spec_of(document)
+    verdicts = evaluate(document) if verdicts is None else verdicts
+    baseline_key = next(variant_of(r).key for r in document["results"] if spec.baseline.matches(variant_of(r)))
+    columns, outputs = _outputs(document)
+    results = document["results"]
+    return _ENV.get_template("report.html.j2").render(
+        doc=document,
+        spec=spec,
+        baseline_key=baseline_key,
+        verdicts=verdicts,
+        headline=_headline(document, verdicts),
+        tables=_metric_tables(document, baseline_key),
+        output_columns=columns,
+        outputs=outputs,
+        side_by_side=len(columns) <= SIDE_BY_SIDE,
+        targets=_targets(document),
+        states=_states(document),
+        any_emulated=any(r["target"]["emulated"] for r in results),
+        charts=_charts(results),
+        chart_limit=CHART_LIMIT,
+        trends=_trends(trends or []),
+        delay=document["environment"].get("test_delay_ms_per_token"),
+    )
+
+
+def write_html(document: dict, path: Path, verdicts: list[Verdict] | None = None,
+               trends: list[Series] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(document, verdicts, trends), encoding="utf-8")

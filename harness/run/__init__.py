@@ -1,0 +1,1 @@
+"""How a scenario runs: the orchestrator, the runner protocol, the runner process and serving."""

@@ -1,0 +1,202 @@
+"""Runs a scenario: every repetition of every variant on every target, stored as measured.
+
+Repetitions are interleaved (rep 1 of every variant, then rep 2...) so slow drift of the
+machine hits all variants alike. Each repetition is one runner process: one model load,
+the warm-up requests (stored, flagged, excluded from statistics), then the prompts.
+A failed run stores its reason and the scenario goes on with the rest; each finished
+repetition is recorded, so `resume_run` can complete only what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Callable
+
+from harness import __version__
+from harness.measure import counters
+from harness.measure.style import load_markers
+from harness.measure.environment import host_environment
+from harness.errors import HarnessError
+from harness.run import protocol
+from harness.run.protocol import Job
+from harness.spec.scenario import Scenario, Variant, load_scenario
+from harness.store import Store
+from harness.targets.base import Target, TargetError
+from harness.targets.registry import open_targets
+from harness.targets.adb.device_state import Hygiene
+
+Step = Callable[[str], None]
+
+
+def total_steps(scenario: Scenario, n_targets: int) -> int:
+    """Requests the run will make, warm-ups included: the length of a progress bar."""
+    per_process = scenario.spec.workload.warmup + len(scenario.prompts)
+    return per_process * len(scenario.variants) * scenario.spec.workload.repetitions * n_targets
+
+
+def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
+    """The targets of the scenario, or those given with --target instead."""
+    try:
+        settings = {"aihub": scenario.spec.aihub}
+        targets = [t for spec in (override or scenario.spec.targets)
+                   for t in open_targets(spec, settings.get(spec.partition(":")[0]))]
+    except ValueError as exc:
+        raise HarnessError(f"--target: {exc}") from None
+    for target in targets:
+        if hasattr(target, "hygiene"):  # device targets follow the scenario's device rules
+            target.hygiene = Hygiene(**scenario.spec.device.model_dump())
+    return targets
+
+
+def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None) -> str:
+    environment = host_environment()
+    run_id = store.begin_run(
+        scenario.name, str(scenario.path), scenario.sha256, scenario.path.read_text(encoding="utf-8"),
+        [p.model_dump() for p in scenario.prompts], __version__, environment["git_commit"], environment,
+    )
+    for target in targets:
+        for variant in scenario.variants:
+            store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
+    _execute(scenario, targets, store, run_id, _BaselineOutputs(), environment.get("test_delay_ms_per_token", 0.0),
+             on_step)
+    return run_id
+
+
+def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
+    """The scenario of a stored run (unchanged since) and its targets, reopened by their keys."""
+    run = store.run(run_id)
+    if run is None:
+        raise HarnessError(f"{store.path}: --resume: no run {run_id!r} in the store")
+    scenario = load_scenario(Path(run.scenario_path))
+    if scenario.sha256 != run.scenario_sha256:
+        raise HarnessError(f"{run.scenario_path}: changed since run {run_id} (sha256 differs); "
+                           "a resumed run must measure the same scenario")
+    keys = list(dict.fromkeys(r.target_key for r in store.results(run_id)))
+    return scenario, [t for key in keys for t in resolve_targets(scenario, [key]) if t.info.key == key]
+
+
+def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
+               on_step: Step = lambda _: None) -> None:
+    """Run what a stored run is missing: every repetition that did not finish ok."""
+    records = store.results(run_id)
+    done = store.completed(run_id)
+    for record in records:
+        for repetition in range(scenario.spec.workload.repetitions):
+            if (record.variant_key, record.target_key, repetition) not in done:
+                store.reopen(run_id, record.variant_key, record.target_key, repetition)
+    baseline = _BaselineOutputs()
+    for target in targets:  # the baseline's finished outputs, for agreement of resumed variants
+        for output in store.outputs(run_id, scenario.baseline.key, target.info.key):
+            if output["adapter"] is None:
+                baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
+    delay = store.run(run_id).environment.get("test_delay_ms_per_token", 0.0)  # a resumed run keeps its knob
+    _execute(scenario, targets, store, run_id, baseline, delay, on_step, done)
+
+
+def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
+             baseline_outputs: _BaselineOutputs, delay: float, on_step: Step,
+             done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
+    failed: set[tuple[str, str]] = set()
+    try:
+        for repetition in range(scenario.spec.workload.repetitions):
+            for target in targets:
+                for variant in scenario.variants:
+                    key = (variant.key, target.info.key)
+                    if key in failed or (*key, repetition) in done:
+                        continue
+                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs,
+                                           delay)
+                    try:
+                        measure.run(on_step)
+                    except TargetError as exc:
+                        failed.add(key)
+                        store.end_repetition(run_id, *key, repetition, str(exc))
+                        store.fail_result(run_id, *key, f"repetition {repetition}: {exc}")
+                    else:
+                        store.end_repetition(run_id, *key, repetition)
+    except BaseException:
+        store.end_run(run_id, "interrupted")  # what was measured stays in the store
+        raise
+    store.end_run(run_id, "failed" if any(r.status != "ok" for r in store.results(run_id)) else "ok")
+
+
+class _BaselineOutputs:
+    """What the baseline variant produced, per (target, repetition, prompt): its tokens and teacher data."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, int, str], list[int]] = {}
+        self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
+
+
+class _Measurement:
+    """One repetition of one variant on one target: one runner process."""
+
+    def __init__(self, scenario: Scenario, store: Store, run_id: str, target: Target, variant: Variant,
+                 repetition: int, baseline_outputs: _BaselineOutputs, delay_ms_per_token: float) -> None:
+        self.scenario, self.store, self.run_id = scenario, store, run_id
+        self.target, self.variant, self.repetition = target, variant, repetition
+        self.baseline = baseline_outputs
+        self.delay_ms_per_token = delay_ms_per_token  # the test knob (harness.measure.environment), whole run
+        self.is_baseline = variant == scenario.baseline
+        self.references = {p.id: p.reference for p in scenario.prompts}
+        self.style_markers = {name: load_markers(scenario.adapters_dir / name) for name in variant.adapters}
+
+    def run(self, on_step: Step) -> None:
+        workload = self.scenario.spec.workload
+        job = Job(
+            model=self.scenario.spec.model,
+            variant=self.variant.as_dict(),
+            prompts=[p.model_dump() for p in self.scenario.prompts],
+            max_new_tokens=workload.max_new_tokens,
+            warmup=workload.warmup,
+            emit_teacher=self.is_baseline,
+            teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
+            adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
+            delay_ms_per_token=self.delay_ms_per_token,
+        )
+        for event in self.target.run(job, workload.timeout_s):
+            self._handle(event, on_step)
+
+    def _handle(self, event: protocol.Event, on_step: Step) -> None:
+        target_key = self.target.info.key
+        match event:
+            case protocol.Loaded():
+                self._store(counters.load_samples(event, self.repetition))
+            case protocol.Process():
+                self._store(counters.process_samples(event, self.repetition))
+            case protocol.Request():
+                self._request(event)
+                on_step(f"{target_key} {self.variant.key} rep {self.repetition + 1}")
+            case protocol.Teacher(prompt_id=prompt_id, teacher=teacher):
+                self.baseline.teachers.setdefault((target_key, self.repetition), {})[prompt_id] = teacher
+            case protocol.Fidelity():
+                self._store(counters.fidelity_samples(event, self.repetition))
+            case protocol.State(phase=phase, state=state):
+                self.store.add_device_state(self.run_id, self.variant.key, target_key, self.repetition, phase, state)
+                self._store(counters.device_samples(event, self.repetition))
+            case protocol.Counters():
+                self._store(counters.target_samples(event, self.repetition))
+            case protocol.RemoteJob(record=record):
+                self.store.add_job(self.run_id, self.variant.key, target_key, self.repetition, record)
+            case _:
+                raise TargetError(f"unexpected {event.name!r} event from target {target_key}")
+
+    def _request(self, event: protocol.Request) -> None:
+        prompt_id, warmup = event.prompt_id, event.warmup
+        key = (self.target.info.key, self.repetition, prompt_id)
+        base_model_output = event.adapter is None  # adapter outputs differ from the baseline on purpose
+        if self.is_baseline and not warmup and base_model_output:
+            self.baseline.tokens[key] = event.token_ids
+        samples = counters.request_samples(
+            event, self.repetition, self.references[prompt_id],
+            self.baseline.tokens.get(key) if base_model_output else None,
+            self.style_markers.get(event.adapter),
+        )
+        self._store(samples, warmup)
+        if not warmup:
+            self.store.add_output(self.run_id, self.variant.key, self.target.info.key, self.repetition,
+                                  prompt_id, event.adapter, event.text, event.token_ids)
+
+    def _store(self, samples: list[counters.Sample], warmup: bool = False) -> None:
+        self.store.add_samples(self.run_id, self.variant.key, self.target.info.key, samples, warmup)

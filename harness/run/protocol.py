@@ -1,0 +1,169 @@
+"""The runner protocol: the job a runner is given, and the typed events that come back.
+
+On the wire each event is one JSON line, `{"event": NAME, **fields}`; `parse` is the one
+place a line becomes an event and `line` the one place an event becomes a line.
+
+The runner (`harness.run.runner`, or a native runtime's adapter) sends, in order:
+`Loaded`, one `Request` per output, `Measured` (the timed work is over), then the
+untimed fidelity work (`Teacher` from the baseline, `Fidelity` from the others), `Done`;
+or `Error` at any point. After `Done` it waits for stdin to close, so the target can
+still read its memory.
+
+Targets pass those on, except `Measured`, in whose place they send what they measured
+themselves: `Process` (the runner's memory) and `State` (host or device state, before
+and after). A target that runs no runner (aihub) sends `Counters` and `RemoteJob` records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    variant: dict  # Variant.as_dict()
+    prompts: list[dict]  # Prompt fields: id, prompt, template, ...
+    max_new_tokens: int
+    warmup: int
+    emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
+    teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
+    adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
+    delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Job:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+class ProtocolError(ValueError):
+    """A line that is not an event of this protocol (garbled or foreign output)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    name: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class Loaded(Event):
+    name: ClassVar[str] = "loaded"
+    load_ms: float
+    weights_bytes: int
+    kv_cache_bytes: int
+    adapter_bytes: int = 0
+    engine: dict = field(default_factory=dict)  # name, versions, threads: stored with the result
+
+
+@dataclass(frozen=True)
+class Request(Event):
+    """One output of one request (one per adapter or stream)."""
+
+    name: ClassVar[str] = "sample"
+    prompt_id: str
+    warmup: bool
+    prompt_tokens: int
+    token_ids: list[int]
+    text: str
+    token_times_s: list[float]  # from request start, one per generated token
+    e2e_s: float
+    adapter: str | None = None
+    stats: dict = field(default_factory=dict)  # technique counters measured in the runner (metrics.STATS_METRICS)
+
+
+@dataclass(frozen=True)
+class Measured(Event):
+    name: ClassVar[str] = "measured"
+
+
+@dataclass(frozen=True)
+class Teacher(Event):
+    name: ClassVar[str] = "teacher"
+    prompt_id: str
+    teacher: dict  # engine.fidelity.Teacher fields
+
+
+@dataclass(frozen=True)
+class Fidelity(Event):
+    name: ClassVar[str] = "fidelity"
+    prompt_id: str
+    kld: float
+
+
+@dataclass(frozen=True)
+class Done(Event):
+    name: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    name: ClassVar[str] = "error"
+    error: str
+
+
+@dataclass(frozen=True)
+class Process(Event):
+    """The runner process's memory, read by the target after the timed work."""
+
+    name: ClassVar[str] = "process"
+    peak_rss_bytes: int
+    pss_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class State(Event):
+    """Host or device state before or after a runner process; `energy_j` on battery after it."""
+
+    name: ClassVar[str] = "device"
+    phase: str  # "before" | "after"
+    state: dict
+    energy_j: float | None = None
+
+
+@dataclass(frozen=True)
+class Counters(Event):
+    """Measurements a target made itself (aihub): metric -> value or list of values."""
+
+    name: ClassVar[str] = "counters"
+    prompt_id: str | None
+    counters: dict
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteJob(Event):
+    """A record of a remote job (AI Hub's ids and links, an export's digest), stored with the result."""
+
+    name: ClassVar[str] = "job"
+    record: dict
+
+
+EVENTS: dict[str, type[Event]] = {cls.name: cls for cls in (
+    Loaded, Request, Measured, Teacher, Fidelity, Done, Error, Process, State, Counters, RemoteJob)}
+
+
+def line(event: Event) -> str:
+    """The event as one JSON line."""
+    return json.dumps({"event": event.name, **asdict(event)}) + "\n"
+
+
+def parse(text: str) -> Event:
+    """One JSON line -> its event; ProtocolError naming what is wrong otherwise."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON ({exc.msg}): {text.strip()[:120]!r}") from None
+    if not isinstance(values, dict) or values.get("event") not in EVENTS:
+        raise ProtocolError(f"not an event of the runner protocol: {text.strip()[:120]!r}")
+    cls = EVENTS[values.pop("event")]
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in values.items() if k in known})
+    except TypeError as exc:
+        raise ProtocolError(f"{cls.name} event: {exc}") from None

@@ -1,0 +1,210 @@
+"""Scenario files: which model variants to measure, on which targets, with which workload.
+
+A scenario is YAML validated by pydantic. Every error is one line naming the file, the
+field path and what is allowed (see `load_scenario`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from harness.errors import HarnessError
+from harness.measure.metrics import METRICS
+from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
+from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
+from harness.targets.aihub import AiHubSettings
+from harness.targets.registry import check_target_spec
+
+MODELS = ("smollm2-135m-instruct",)
+
+
+class Workload(Strict):
+    prompts: Path
+    max_new_tokens: PositiveInt = 32
+    repetitions: PositiveInt = 3
+    warmup: NonNegativeInt = 1
+    timeout_s: PositiveFloat = 600.0  # per runner process; a run past it is killed and stored as failed
+
+
+class DeviceRules(Strict):
+    """Device hygiene before each runner process on device targets (adb): cool down until
+    the thermal status and every temperature are at most these, waiting up to cooldown_s."""
+
+    max_thermal_status: int = Field(default=1, ge=0, le=6)  # 0 none, 1 light, 2 moderate, 3 severe...
+    max_temp_c: PositiveFloat = 45.0
+    cooldown_s: NonNegativeInt = 300
+    charging: Literal["warn", "fail"] = "warn"  # a device on USB/AC power
+
+
+class Budget(Strict):
+    """A hard gate on one metric: an absolute bound, or a ratio to another variant.
+
+    Ratios are taken against the variant `against` selects (default: the baseline), on
+    the same target. `kind` restricts the samples to prompts of that kind. `stat: mean`
+    suits 0/1 counters such as exact_match, where the mean is the accuracy.
+    """
+
+    metric: str
+    variant: VariantSelector = VariantSelector()
+    against: VariantSelector | None = None
+    kind: str | None = None
+    stat: Literal["median", "mean"] = "median"
+    max: float | None = None
+    min: float | None = None
+    max_ratio: float | None = Field(default=None, gt=0)
+    min_ratio: float | None = Field(default=None, gt=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, name: str) -> str:
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(METRICS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Budget:
+        bounds = [k for k in ("max", "min", "max_ratio", "min_ratio") if getattr(self, k) is not None]
+        if len(bounds) != 1:
+            raise ValueError("give exactly one of max, min, max_ratio, min_ratio")
+        return self
+
+    @property
+    def bound(self) -> tuple[str, float]:
+        for kind in ("max", "min", "max_ratio", "min_ratio"):
+            value = getattr(self, kind)
+            if value is not None:
+                return kind, value
+        raise AssertionError("validated to have one bound")
+
+
+DEFAULT_MIN_EFFECT = 0.05  # a relative change of a median smaller than 5 % is "unchanged"
+
+
+class CompareSpec(Strict):
+    """How `harness compare` judges a change between two runs.
+
+    `min_effect` maps a metric (or `default`, for every metric not named) to the smallest
+    relative change of its median that counts as improved or regressed: 0.1 = 10 %.
+    """
+
+    min_effect: dict[str, PositiveFloat] = {}
+
+    @field_validator("min_effect")
+    @classmethod
+    def _known_metrics(cls, effects: dict[str, float]) -> dict[str, float]:
+        for name in effects:
+            if name != "default" and name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; allowed: default, {', '.join(METRICS)}")
+        return effects
+
+    def effect(self, metric: str) -> float:
+        return self.min_effect.get(metric, self.min_effect.get("default", DEFAULT_MIN_EFFECT))
+
+
+class ScenarioFile(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    model: Literal[MODELS] = MODELS[0]  # type: ignore[valid-type]
+    variants: VariantMatrix = VariantMatrix()
+    baseline: VariantSelector = VariantSelector()
+    workload: Workload
+    targets: list[str] = Field(default=["local"], min_length=1)
+    budgets: list[Budget] = []
+    device: DeviceRules = DeviceRules()
+    compare: CompareSpec = CompareSpec()
+    adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
+    aihub: AiHubSettings = AiHubSettings()
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        for spec in targets:
+            check_target_spec(spec)
+        return targets
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario with its prompts loaded and its variants expanded."""
+
+    path: Path
+    spec: ScenarioFile
+    prompts: list[Prompt]
+    variants: list[Variant]
+    baseline: Variant
+    sha256: str
+    adapters_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"{path}: scenario file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        spec = ScenarioFile.model_validate(raw)
+    except ValidationError as exc:
+        raise HarnessError(f"{path}: {describe_validation_error(exc)}") from None
+
+    prompts_path = (path.parent / spec.workload.prompts).resolve()
+    if not prompts_path.is_file():
+        raise HarnessError(f"{path}: workload.prompts: file not found: {prompts_path}")
+    prompts = load_prompts(prompts_path)
+
+    variants = spec.variants.expand()
+    baseline = _pick(path, "baseline", spec.baseline, variants)
+    for number, budget in enumerate(spec.budgets):
+        if budget.against is not None:
+            _pick(path, f"budgets.{number}.against", budget.against, variants)
+        if budget.kind is not None and budget.kind not in {p.kind for p in prompts}:
+            raise HarnessError(f"{path}: budgets.{number}.kind: no prompt of kind {budget.kind!r}; "
+                               f"kinds: {', '.join(sorted({p.kind for p in prompts}))}")
+    adapters_dir = (path.parent / spec.adapters_dir).resolve()
+    _check_adapters(path, adapters_dir, variants)
+    # Baseline first: agreement_with_baseline and kld_vs_baseline are then computed as soon
+    # as each sample exists.
+    variants.sort(key=lambda v: v != baseline)
+
+    digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
+    return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
+
+
+def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Variant]) -> Variant:
+    chosen = [v for v in variants if selector.matches(v)]
+    if len(chosen) != 1:
+        raise HarnessError(
+            f"{path}: {field}: must select exactly one variant, selects {len(chosen)}; "
+            f"variants: {', '.join(v.key for v in variants)}"
+        )
+    return chosen[0]
+
+
+def _check_adapters(path: Path, adapters_dir: Path, variants: list[Variant]) -> None:
+    available = sorted(p.parent.name for p in adapters_dir.glob("*/adapter_config.json"))
+    for variant in variants:
+        for name in variant.adapters:
+            if name not in available:
+                raise HarnessError(f"{path}: variants: unknown adapter {name!r} in {adapters_dir}; "
+                                   f"available: {', '.join(available) or 'none'}")

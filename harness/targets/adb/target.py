@@ -1,0 +1,189 @@
+"""The adb target: variants run on Android phones (or emulated ones) through an adb server.
+
+`--target adb:SERIAL` selects one device, `--target adb` every attached device (see
+`client` for which adb server). Each run: read the device state and cool down
+(`device_state.Hygiene`), deploy changed files to `FOLDER`, push the job, start the runner
+with shell v2 (exit code, stderr apart), read its peak RSS and PSS from /proc when it
+reports "measured", and read the device state again after it exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shlex
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbutils
+
+from harness.errors import HarnessError
+from harness.measure.host import proc_kb_fields
+from harness.run import protocol
+from harness.run.protocol import Job
+from harness.targets.base import TargetError, TargetInfo
+from harness.targets.adb.client import LOST, SHELL_TIMEOUT_S, DeviceError, Phone, ShellStream, attached
+from harness.targets.adb.device_state import Hygiene, energy_j
+from harness.targets.adb.runtimes import ReferenceRunner, RunnerAdapter
+
+FOLDER = "/data/local/tmp/hil-harness"
+MANIFEST = ".manifest.json"  # {path in FOLDER: sha256} of what was pushed
+
+
+def open_adb_targets(serial: str | None) -> list[AdbTarget]:
+    devices = attached()
+    if serial is not None:
+        devices = [d for d in devices if d.serial == serial]
+        if not devices:
+            raise HarnessError(f"--target adb:{serial}: no such device attached (harness devices lists them)")
+    return [AdbTarget(Phone(d.serial, int(d.tags["transport_id"]) if "transport_id" in d.tags else None))
+            for d in devices]
+
+
+class AdbTarget:
+    def __init__(self, phone: Phone, adapter: RunnerAdapter | None = None, hygiene: Hygiene | None = None) -> None:
+        self.phone = phone
+        self.adapter = adapter or ReferenceRunner()
+        self.hygiene = hygiene or Hygiene()
+        self._hashes: dict[tuple[Path, float, int], str] = {}
+        try:
+            props = phone.getprops()
+        except (*LOST, DeviceError) as exc:
+            raise HarnessError(f"--target adb:{phone.serial}: cannot read the device's identity: {exc}") from None
+        self.info = TargetInfo(
+            kind="adb", name=phone.serial, serial=phone.serial,
+            model=props.get("ro.product.model"),
+            soc=props.get("ro.soc.model") or props.get("ro.board.platform"),
+            emulated=props.get("ro.hil.emulated") == "1" or props.get("ro.kernel.qemu") == "1",
+            platform=props.get("ro.board.platform"),
+            fingerprint=props.get("ro.build.fingerprint"),
+            sdk=props.get("ro.build.version.sdk"),
+        )
+
+    def run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
+        try:
+            yield from self._run(job, timeout_s)
+        except DeviceError as exc:
+            raise TargetError(f"device {self.phone.serial}: {exc}") from None
+        except LOST as exc:
+            raise TargetError(f"device {self.phone.serial} lost: {_reason(exc)}") from None
+
+    def _run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
+        try:
+            before = self.hygiene.settle(self.phone.state)
+        except ValueError as exc:
+            raise TargetError(str(exc)) from None
+        yield protocol.State("before", before.as_dict())
+        deadline = time.monotonic() + timeout_s
+        self.deploy(self.adapter.files(job), deadline)
+        self.phone.push(self.adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
+        command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {self.adapter.command('job.json')}"
+        with self.phone.stream(command, timeout=None) as stream:
+            yield from self._events(stream, deadline, timeout_s)
+        after = self.phone.state()
+        energy = energy_j(before, after)
+        yield protocol.State("after", after.as_dict(), energy)
+
+    def _events(self, stream: ShellStream, deadline: float, timeout_s: float) -> Iterator[protocol.Event]:
+        lines = stream.lines(deadline)
+        pid = None
+        try:
+            first = next(lines, "")
+            if not first.strip().isdigit():  # the shell failed before starting the runner
+                for _ in lines:
+                    pass
+                raise TargetError(f"runner did not start (exit code {stream.exit_code}): {_last_line(stream.stderr)}")
+            pid = int(first)
+            for line in lines:
+                match self._parse(line, pid):
+                    case None:
+                        continue
+                    case protocol.Error(error=error):
+                        raise TargetError(f"runner failed: {error}")
+                    case protocol.Measured():
+                        yield self.memory(pid)
+                    case protocol.Done():
+                        stream.close_stdin()
+                    case event:
+                        yield event
+        except (socket.timeout, adbutils.AdbTimeout):
+            if pid is not None:
+                self.phone.shell(f"kill -9 {pid}")
+            raise TargetError(f"runner timed out after {timeout_s:g} s (killed on the device)") from None
+        if stream.exit_code != 0:
+            raise TargetError(f"runner exited with code {stream.exit_code}{_signal(stream.exit_code)}: "
+                              f"{_last_line(stream.stderr)}")
+
+    def _parse(self, line: str, pid: int) -> protocol.Event | None:
+        try:
+            return self.adapter.parse(line)
+        except protocol.ProtocolError as exc:
+            self.phone.shell(f"kill -9 {pid}")
+            raise TargetError(f"runner output garbled: {exc}") from None
+
+    def memory(self, pid: int) -> protocol.Process:
+        """Peak RSS (VmHWM) and PSS of the runner, from /proc on the device (kB there)."""
+        values = proc_kb_fields(self.phone.check(f"cat /proc/{pid}/status /proc/{pid}/smaps_rollup"))
+        if "VmHWM" not in values:
+            raise TargetError(f"no VmHWM in /proc/{pid}/status on {self.phone.serial}")
+        return protocol.Process(values["VmHWM"], values.get("Pss"))
+
+    def deploy(self, files: dict[str, Path], deadline: float | None = None) -> list[str]:
+        """Push what changed since the last deployment (by sha256); returns the paths pushed."""
+        manifest = json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
+        pushed = []
+        for relative, local in files.items():
+            path = inside_folder(relative)
+            digest = self._sha256(local)
+            if manifest.get(relative) != digest:
+                self.phone.push(local, path, _left(deadline))
+                manifest[relative] = digest
+                pushed.append(relative)
+        if pushed:
+            self.phone.push(json.dumps(manifest, indent=1).encode(), f"{FOLDER}/{MANIFEST}", _left(deadline))
+        return pushed
+
+    def cleanup(self) -> None:
+        self.phone.check(f"rm -rf {shlex.quote(FOLDER)}")
+
+    def _sha256(self, path: Path) -> str:
+        info = path.stat()
+        key = (path, info.st_mtime, info.st_size)
+        if key not in self._hashes:
+            with open(path, "rb") as file:
+                self._hashes[key] = hashlib.file_digest(file, "sha256").hexdigest()
+        return self._hashes[key]
+
+
+def inside_folder(relative: str) -> str:
+    """The device path of a file in the harness folder; HarnessError if it would land outside."""
+    normal = posixpath.normpath(relative)
+    if relative.startswith("/") or normal == ".." or normal.startswith("../") or normal == ".":
+        raise HarnessError(f"deployment path {relative!r} leaves the harness folder {FOLDER}")
+    return f"{FOLDER}/{normal}"
+
+
+def _left(deadline: float | None) -> float:
+    return SHELL_TIMEOUT_S if deadline is None else max(0.1, deadline - time.monotonic())
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, adbutils.AdbTimeout)):
+        return "no answer within the time limit"
+    if isinstance(exc, (EOFError, ConnectionError)):
+        return f"connection closed ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
+    return str(exc) or type(exc).__name__
+
+
+def _signal(code: int | None) -> str:
+    if code == 137:
+        return " (killed by SIGKILL: the low-memory killer or a kill -9)"
+    return f" (signal {code - 128})" if code and code > 128 else ""
+
+
+def _last_line(data: bytes) -> str:
+    lines = data.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(no stderr)"

@@ -1,0 +1,50 @@
+"""The registry of target kinds: `--target` and a scenario's `targets:` name one of `KINDS`.
+
+A kind is a factory: the argument after "kind:" (or None) and the scenario's settings block
+for that kind (or None) -> the targets it opens. Adding a target kind is one module under
+`harness/targets/` and one entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from harness.targets.adb.target import open_adb_targets
+from harness.targets.aihub import AiHubSettings, AiHubTarget
+from harness.targets.base import Target
+from harness.targets.local import LocalTarget
+
+
+def _local(argument: str | None, settings: object = None) -> list[Target]:
+    return [LocalTarget()]
+
+
+def _adb(argument: str | None, settings: object = None) -> list[Target]:
+    targets = open_adb_targets(argument)
+    if not targets:
+        raise ValueError("adb: no device attached to the adb server (harness devices lists them)")
+    return targets
+
+
+def _aihub(argument: str | None, settings: object = None) -> list[Target]:
+    return [AiHubTarget(argument or "", settings or AiHubSettings())]
+
+
+KINDS: dict[str, Callable[[str | None, object], list[Target]]] = {"local": _local, "adb": _adb, "aihub": _aihub}
+NEEDS_ARGUMENT = {"aihub": 'a device name, e.g. aihub:"Samsung Galaxy S24 (Family)"'}
+
+
+def check_target_spec(spec: str) -> None:
+    """Raise ValueError unless `spec` ('kind' or 'kind:argument') names a known kind."""
+    kind, _, argument = spec.partition(":")
+    if kind in NEEDS_ARGUMENT and not argument.strip():
+        raise ValueError(f"target {spec!r} needs {NEEDS_ARGUMENT[kind]}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown target {spec!r}; allowed: {', '.join(KINDS)}")
+
+
+def open_targets(spec: str, settings: object = None) -> list[Target]:
+    """The targets `spec` names; `settings` is the scenario's block for that kind (e.g. `aihub:`)."""
+    check_target_spec(spec)
+    kind, _, argument = spec.partition(":")
+    return KINDS[kind](argument or None, settings)
