@@ -203,7 +203,7 @@ def test_hung_runner_is_killed_at_its_time_limit(server) -> None:
 
 def test_slow_link_past_the_time_limit_is_a_clear_error(server) -> None:
     run = target(S25).run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=1.5)
-    assert next(run)["phase"] == "before"  # the device state was read; now the link slows down
+    assert next(run).phase == "before"  # the device state was read; now the link slows down
     inject(server.port, S25, "slow:50")  # 50 bytes/s: the job file alone takes longer than the limit
     try:
         with pytest.raises(TargetError, match=f"^device {S25} lost: no answer within the time limit$"):

@@ -33,6 +33,7 @@ class Job:
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
+    runtime: str = "reference"  # what serves the variant on a device: a name in targets.adb.runtimes.RUNTIMES
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -48,12 +49,15 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Event:
-    name: ClassVar[str]
+    name: ClassVar[str]  # on the wire: {"event": name, **fields}
+
+    def __init_subclass__(cls, name: str = "", **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name
 
 
 @dataclass(frozen=True)
-class Loaded(Event):
-    name: ClassVar[str] = "loaded"
+class Loaded(Event, name="loaded"):
     load_ms: float
     weights_bytes: int
     kv_cache_bytes: int
@@ -62,10 +66,9 @@ class Loaded(Event):
 
 
 @dataclass(frozen=True)
-class Request(Event):
+class Request(Event, name="sample"):
     """One output of one request (one per adapter or stream)."""
 
-    name: ClassVar[str] = "sample"
     prompt_id: str
     warmup: bool
     prompt_tokens: int
@@ -78,69 +81,68 @@ class Request(Event):
 
 
 @dataclass(frozen=True)
-class Measured(Event):
-    name: ClassVar[str] = "measured"
+class Measured(Event, name="measured"):
+    """The timed work is over: the target reads the runner's memory now."""
 
 
 @dataclass(frozen=True)
-class Teacher(Event):
-    name: ClassVar[str] = "teacher"
+class Teacher(Event, name="teacher"):
+    """The baseline's top-k log-probs along its own output, for the others' KL."""
+
     prompt_id: str
     teacher: dict  # engine.fidelity.Teacher fields
 
 
 @dataclass(frozen=True)
-class Fidelity(Event):
-    name: ClassVar[str] = "fidelity"
+class Fidelity(Event, name="fidelity"):
+    """KL(baseline || this variant) on one prompt, scored after the timed work."""
+
     prompt_id: str
     kld: float
 
 
 @dataclass(frozen=True)
-class Done(Event):
-    name: ClassVar[str] = "done"
+class Done(Event, name="done"):
+    """The runner is finished; it exits once its stdin is closed."""
 
 
 @dataclass(frozen=True)
-class Error(Event):
-    name: ClassVar[str] = "error"
+class Error(Event, name="error"):
+    """The runner failed; what it measured before stays stored."""
+
     error: str
 
 
 @dataclass(frozen=True)
-class Process(Event):
+class Process(Event, name="process"):
     """The runner process's memory, read by the target after the timed work."""
 
-    name: ClassVar[str] = "process"
     peak_rss_bytes: int
     pss_bytes: int | None = None
 
 
 @dataclass(frozen=True)
-class State(Event):
+class State(Event, name="device"):
     """Host or device state before or after a runner process; `energy_j` on battery after it."""
 
-    name: ClassVar[str] = "device"
     phase: str  # "before" | "after"
     state: dict
     energy_j: float | None = None
 
 
 @dataclass(frozen=True)
-class Counters(Event):
+class Counters(Event, name="counters"):
     """Measurements a target made itself (aihub): metric -> value or list of values."""
 
-    name: ClassVar[str] = "counters"
     prompt_id: str | None
     counters: dict
     adapter: str | None = None
 
 
 @dataclass(frozen=True)
-class RemoteJob(Event):
+class RemoteJob(Event, name="job"):
     """A record of a remote job (AI Hub's ids and links, an export's digest), stored with the result."""
 
-    name: ClassVar[str] = "job"
     record: dict
 
 

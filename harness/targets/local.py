@@ -31,6 +31,8 @@ class LocalTarget:
         )
 
     def run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
+        if job.runtime != "reference":
+            raise TargetError(f"the local target runs the reference engine only; runtime {job.runtime!r} runs on a device")
         with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
             job_path = Path(tmp) / "job.json"
             job.dump(job_path)

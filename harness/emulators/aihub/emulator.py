@@ -362,6 +362,10 @@ def _handler(service: Emulator) -> type[BaseHTTPRequestHandler]:
         def _blob_url(self, *parts: str) -> str:
             return "/".join([service.url, "blobs", *parts])
 
+        def _download(self, kind: str, object_id: str, filename: str) -> None:
+            url = pb.FileDownloadURL(url=self._blob_url(kind, object_id), filename=filename)
+            self._proto(pb.FileDownloadResponse(url=url))
+
         # -- routes --------------------------------------------------------------------
         def _api(self, method: str, path: list[str], query: dict, body: bytes) -> None:
             route = (method, *["{}" if i % 2 else p for i, p in enumerate(path)])
@@ -387,9 +391,7 @@ def _handler(service: Emulator) -> type[BaseHTTPRequestHandler]:
             if route == ("GET", "models", "{}"):
                 return self._proto(self._model(ident))
             if route == ("GET", "models", "{}", "download"):
-                url = pb.FileDownloadURL(url=self._blob_url("models", self._model(ident).model_id),
-                                         filename=f"{ident}.onnx")
-                return self._proto(pb.FileDownloadResponse(url=url))
+                return self._download("models", self._model(ident).model_id, f"{ident}.onnx")
             if route == ("POST", "datasets"):
                 dataset = service._new_dataset(pb.Dataset.FromString(body).name)
                 return self._created(dataset.dataset_id, expires=True)
@@ -403,9 +405,7 @@ def _handler(service: Emulator) -> type[BaseHTTPRequestHandler]:
             if route == ("GET", "datasets", "{}"):
                 return self._proto(self._dataset(ident))
             if route == ("GET", "datasets", "{}", "download_data"):
-                url = pb.FileDownloadURL(url=self._blob_url("datasets", self._dataset(ident).dataset_id),
-                                         filename=f"{ident}.h5")
-                return self._proto(pb.FileDownloadResponse(url=url))
+                return self._download("datasets", self._dataset(ident).dataset_id, f"{ident}.h5")
             if route == ("POST", "jobs"):
                 return self._submit(pb.Job.FromString(body))
             if route == ("GET", "jobs", "{}"):

@@ -37,6 +37,18 @@ def _height(n: int) -> float:
     return 1.2 + 0.45 * n
 
 
+def _legend_label(result: dict) -> str:
+    return _label(result).replace("\n", " @ ")
+
+
+def _small_multiples(fig, ax, xlabel: str, ylabel: str) -> str:
+    """The axes of a chart with one series per variant @ target, labelled; the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def latency_distribution(results: list[dict], metric: str = "e2e_ms") -> str | None:
     rows = _measured(results, metric)
     if not rows:
@@ -97,12 +109,9 @@ def acceptance_by_depth(results: list[dict]) -> str | None:
     for r in rows:
         depths = [d for d in range(1, 9) if f"acceptance_depth_{d}" in r["metrics"]]
         ax.plot(depths, [r["metrics"][f"acceptance_depth_{d}"]["median"] for d in depths], marker="o",
-                label=_label(r).replace("\n", " @ "))
-    ax.set_xlabel("draft depth d")
-    ax.set_ylabel("share of steps reaching d (median)")
+                label=_legend_label(r))
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _small_multiples(fig, ax, "draft depth d", "share of steps reaching d (median)")
 
 
 def speedup_by_streams(results: list[dict]) -> str | None:
@@ -117,12 +126,9 @@ def speedup_by_streams(results: list[dict]) -> str | None:
         m = r["metrics"]["multistream_speedup"]
         k = r["variant"]["streams"]
         ax.errorbar([k], [m["median"]], yerr=[[m["median"] - m["ci95"][0]], [m["ci95"][1] - m["median"]]],
-                    fmt="o", capsize=4, label=_label(r).replace("\n", " @ "))
+                    fmt="o", capsize=4, label=_legend_label(r))
     ax.axhline(1.0, color="#999", linewidth=1, linestyle="--")
-    ax.set_xlabel("streams K")
-    ax.set_ylabel("speedup over K sequential runs (x)")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _small_multiples(fig, ax, "streams K", "speedup over K sequential runs (x)")
 
 
 def trend(series: list, metric: str) -> str | None:

@@ -14,9 +14,10 @@ The adb target knows nothing about any runner. An adapter gives it:
   runner must then exit 0.
 
 A native runner (llama.cpp's `llama-cli`, Qualcomm Genie, an in-house runtime) is one
-more class with these four methods, registered in `ADAPTERS`: it lists its binary and
-model files, writes its own job format, and turns its log lines into these events (its
-timestamps per token, its load time). Nothing else changes.
+more class with these four methods, registered in `RUNTIMES` under the name a job's
+`runtime` gives: it lists its binary and model files, writes its own job format, and
+turns its log lines into these events (its timestamps per token, its load time).
+Nothing else changes.
 """
 
 from __future__ import annotations
@@ -68,4 +69,4 @@ class ReferenceRunner:
         return protocol.parse(line) if line.startswith("{") else None
 
 
-ADAPTERS: dict[str, type] = {"reference": ReferenceRunner}
+RUNTIMES: dict[str, type[RunnerAdapter]] = {"reference": ReferenceRunner}

@@ -27,7 +27,7 @@ from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
 from harness.targets.adb.client import LOST, SHELL_TIMEOUT_S, DeviceError, Phone, ShellStream, attached
 from harness.targets.adb.device_state import Hygiene, energy_j
-from harness.targets.adb.runtimes import ReferenceRunner, RunnerAdapter
+from harness.targets.adb.runtimes import RUNTIMES, RunnerAdapter
 
 FOLDER = "/data/local/tmp/hil-harness"
 MANIFEST = ".manifest.json"  # {path in FOLDER: sha256} of what was pushed
@@ -44,9 +44,9 @@ def open_adb_targets(serial: str | None) -> list[AdbTarget]:
 
 
 class AdbTarget:
-    def __init__(self, phone: Phone, adapter: RunnerAdapter | None = None, hygiene: Hygiene | None = None) -> None:
+    def __init__(self, phone: Phone, hygiene: Hygiene | None = None) -> None:
         self.phone = phone
-        self.adapter = adapter or ReferenceRunner()
+        self.runtimes: dict[str, RunnerAdapter] = {name: runtime() for name, runtime in RUNTIMES.items()}
         self.hygiene = hygiene or Hygiene()
         self._hashes: dict[tuple[Path, float, int], str] = {}
         try:
@@ -78,16 +78,20 @@ class AdbTarget:
             raise TargetError(str(exc)) from None
         yield protocol.State("before", before.as_dict())
         deadline = time.monotonic() + timeout_s
-        self.deploy(self.adapter.files(job), deadline)
-        self.phone.push(self.adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
-        command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {self.adapter.command('job.json')}"
+        if job.runtime not in self.runtimes:
+            raise TargetError(f"runtime {job.runtime!r} is not known to the adb target; known: {', '.join(self.runtimes)}")
+        adapter = self.runtimes[job.runtime]
+        self.deploy(adapter.files(job), deadline)
+        self.phone.push(adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
+        command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {adapter.command('job.json')}"
         with self.phone.stream(command, timeout=None) as stream:
-            yield from self._events(stream, deadline, timeout_s)
+            yield from self._events(adapter, stream, deadline, timeout_s)
         after = self.phone.state()
         energy = energy_j(before, after)
         yield protocol.State("after", after.as_dict(), energy)
 
-    def _events(self, stream: ShellStream, deadline: float, timeout_s: float) -> Iterator[protocol.Event]:
+    def _events(self, adapter: RunnerAdapter, stream: ShellStream, deadline: float,
+                timeout_s: float) -> Iterator[protocol.Event]:
         lines = stream.lines(deadline)
         pid = None
         try:
@@ -98,7 +102,7 @@ class AdbTarget:
                 raise TargetError(f"runner did not start (exit code {stream.exit_code}): {_last_line(stream.stderr)}")
             pid = int(first)
             for line in lines:
-                match self._parse(line, pid):
+                match self._parse(adapter, line, pid):
                     case None:
                         continue
                     case protocol.Error(error=error):
@@ -117,9 +121,9 @@ class AdbTarget:
             raise TargetError(f"runner exited with code {stream.exit_code}{_signal(stream.exit_code)}: "
                               f"{_last_line(stream.stderr)}")
 
-    def _parse(self, line: str, pid: int) -> protocol.Event | None:
+    def _parse(self, adapter: RunnerAdapter, line: str, pid: int) -> protocol.Event | None:
         try:
-            return self.adapter.parse(line)
+            return adapter.parse(line)
         except protocol.ProtocolError as exc:
             self.phone.shell(f"kill -9 {pid}")
             raise TargetError(f"runner output garbled: {exc}") from None
