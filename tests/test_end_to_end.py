@@ -17,6 +17,12 @@ def test_smoke_run_exits_0(smoke_run) -> None:
     assert smoke_run.process.returncode == 0, smoke_run.process.stderr[-2000:]
 
 
+def test_smoke_budgets_are_met(smoke_run) -> None:
+    """What `pytest scenarios/smoke.yaml` would check, read from the same run: every budget passed."""
+    verdicts = [line for line in smoke_run.process.stderr.splitlines() if line.startswith("budget: ")]
+    assert len(verdicts) == 2 and all(line.endswith(": pass") for line in verdicts), verdicts
+
+
 def test_json_has_the_documented_names(smoke_run) -> None:
     doc = smoke_run.document
     assert {"run_id", "scenario", "started_at", "environment", "results"} <= doc.keys()
