@@ -47,6 +47,9 @@ class ProtocolError(ValueError):
     """A line that is not an event of this protocol (garbled or foreign output)."""
 
 
+EVENTS: dict[str, type[Event]] = {}  # wire name -> event class, filled as each class is defined
+
+
 @dataclass(frozen=True)
 class Event:
     name: ClassVar[str]  # on the wire: {"event": name, **fields}
@@ -54,6 +57,7 @@ class Event:
     def __init_subclass__(cls, name: str = "", **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.name = name
+        EVENTS[name] = cls
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Loaded(Event, name="loaded"):
     weights_bytes: int
     kv_cache_bytes: int
     adapter_bytes: int = 0
-    engine: dict = field(default_factory=dict)  # name, versions, threads: stored with the result
+    engine: dict = field(default_factory=dict)  # name, versions, threads (not stored yet)
 
 
 @dataclass(frozen=True)
@@ -146,17 +150,17 @@ class RemoteJob(Event, name="job"):
     record: dict
 
 
-EVENTS: dict[str, type[Event]] = {cls.name: cls for cls in (
-    Loaded, Request, Measured, Teacher, Fidelity, Done, Error, Process, State, Counters, RemoteJob)}
-
-
 def line(event: Event) -> str:
     """The event as one JSON line."""
     return json.dumps({"event": event.name, **asdict(event)}) + "\n"
 
 
 def parse(text: str) -> Event:
-    """One JSON line -> its event; ProtocolError naming what is wrong otherwise."""
+    """One JSON line -> its event; ProtocolError naming what is wrong otherwise.
+
+    Fields the event does not have are ignored, so a newer runner's extra fields do not
+    break an older harness; a missing field is an error.
+    """
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
