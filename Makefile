@@ -11,8 +11,11 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AM
 demo: $(VENV)/.installed
 	$(BIN)/harness run scenarios/demo.yaml --report reports/demo.html --json reports/demo.json
 
+# Two workers for most tests; then, alone on a quiet machine, those that judge measured
+# timings (marked `alone` by tests/conftest.py). Plain `pytest` runs all of them in one process.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not alone"
+	$(BIN)/python -m pytest -m alone
 
 # Speed goals with budgets; meaningful only on an otherwise idle machine.
 bench: $(VENV)/.installed-test
