@@ -19,24 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
 
 
-# Session fixtures that several test files read: under pytest-xdist, the tests that use one
-# run on one worker, so the fixture is made once.
-SHARED = ("compare_runs", "smoke_run", "wide_store")
-
-
+@pytest.hookimpl(tryfirst=True)  # before `-m` reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that judge measured timings `alone`, and give every test its xdist group.
+    """Mark `alone` the tests that judge the compare runs' measured timings.
 
-    `make test` runs the rest in two workers (`-n 2 --dist loadgroup -m "not alone"`), then
-    the `alone` ones on an otherwise quiet machine: the compare runs' A/A verdicts and the
-    slowed run's regression are timing comparisons that the other worker's load would skew.
-    A group is a shared fixture's name, else the test's file, so module fixtures are made once.
+    `make test` runs the rest in two workers (`-n 2 --dist loadfile -m "not alone"`: a file's
+    tests share a worker, so its module fixtures, and smoke_run, whose tests are all in
+    test_end_to_end.py, are made once), then the `alone` ones on an otherwise quiet machine:
+    the A/A verdicts and the slowed run's regression are timing comparisons that the other
+    worker's load would skew.
     """
     for item in items:
         if "compare_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.alone)
-        shared = [name for name in SHARED if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
 
 
 def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

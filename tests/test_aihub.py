@@ -19,7 +19,7 @@ import pytest
 
 from harness.emulators.aihub.emulator import Emulator
 from harness.cli import _cell
-from harness.export import TOLERANCE
+from harness.export.exporter import TOLERANCE
 from tests.conftest import REPO, write_scenario
 
 TOKEN = f"test-token-{secrets.token_hex(12)}"
@@ -127,7 +127,8 @@ def test_switching_adapters_on_one_compiled_model_changes_the_output_without_a_n
 
     from harness.engine import load_engine
     from harness.engine.lora import AdapterBank, load_peft
-    from harness.export import export_variant, feeds
+    from harness.export import feeds
+    from harness.export.exporter import export_variant
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     engine = load_engine("smollm2-135m-instruct", "fp16")

@@ -1,11 +1,16 @@
-"""`harness run scenarios/smoke.yaml` for real: every counter, the documented JSON, the report."""
+"""`harness run scenarios/smoke.yaml` for real: every counter, the documented JSON, the report
+(its escaping and headline too: the tests that read the smoke run live in this one file, so
+under pytest-xdist's --dist loadfile the run is made once)."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 
 from conftest import harness
 from harness.measure.metrics import METRICS
+from harness.output.report import render_html
 
 # Every counter a plain greedy variant reports (technique counters need DS2D, adapters or streams).
 CORE = ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "itl_ms", "e2e_ms", "peak_rss_bytes",
@@ -73,3 +78,30 @@ def test_report_and_list_read_the_store(smoke_run, tmp_path) -> None:
     assert again.returncode == 0 and (tmp_path / "r.html").read_text().count("<table") >= 3
     missing = harness("report", "nope", "--db", str(smoke_run.db))
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+EVIL = "<script>alert('x')</script>"
+
+
+def test_text_from_outputs_and_errors_is_escaped(smoke_run) -> None:
+    doc = copy.deepcopy(smoke_run.document)
+    doc["results"][0]["outputs"][0]["text"] = EVIL
+    doc["results"][1]["status"] = "failed"
+    doc["results"][1]["error"] = EVIL
+    doc["environment"]["hostname"] = EVIL
+    html = render_html(doc)
+    assert "<script" not in html
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+    outputs_table = html[html.index("<h2>Outputs</h2>"):]
+    environment_table = html[html.index("<h2>Environment</h2>"):]
+    assert escaped in outputs_table and escaped in environment_table
+    assert f"failed: {escaped}" in html
+
+
+def test_headline_shows_the_declared_comparison(smoke_run) -> None:
+    html = smoke_run.html.read_text()
+    headline = html[html.index("<h2>Headline</h2>"):html.index("<h2>Budgets</h2>")]
+    assert "fp16-s1-greedy vs fp32-s1-greedy" in headline and "weights_bytes" in headline
+    assert "&lt;= 0.55x" in headline and ">pass<" in headline
+    # a counter that is itself a comparison is one too: fp16's agreement with the baseline's tokens
+    assert "agreement_with_baseline" in headline and "fp16-s1-greedy vs fp32-s1-greedy (baseline)" in headline

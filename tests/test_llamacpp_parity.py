@@ -27,7 +27,9 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def llm() -> Llama:
-    return Llama(str(model_path()), n_ctx=MAX_SEQ, n_threads=2, logits_all=True, verbose=False)
+    # the engine's thread budget (1 in make test's parallel part, where 2 would oversubscribe the cores)
+    threads = torch.get_num_threads()
+    return Llama(str(model_path()), n_ctx=MAX_SEQ, n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
 
 
 def llama_tokenize(llm: Llama, text: str) -> list[int]:

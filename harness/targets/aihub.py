@@ -95,7 +95,8 @@ class _Session:
     def run(self) -> Iterator[protocol.Event]:
         from qai_hub.client import Device
 
-        from harness.export import ExportError, export_variant, feeds
+        from harness.export import feeds
+        from harness.export.exporter import ExportError, export_variant
 
         engine, bank, prompts = self._host()
         chunk = self.target.settings.prefill_chunk
