@@ -11,12 +11,13 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AM
 demo: $(VENV)/.installed
 	$(BIN)/harness run scenarios/demo.yaml --report reports/demo.html --json reports/demo.json
 
-# Two workers for most tests, one torch thread each: two 2-thread processes on 2 cores decoded
-# 48 tokens in 11.5 s each, against 3.3 s alone; at one thread each, 3.7 s each. Then, alone
-# on a quiet machine and with torch's default threads, the tests that judge measured timings
-# (marked `alone` by tests/conftest.py). Plain `pytest` runs all of them in one process.
+# Torch on one thread per process: two 2-thread processes on 2 cores decoded 48 tokens in
+# 11.5 s each, against 3.3 s alone; at one thread each, 3.7 s each (and 2.9 s alone). Most
+# tests run in two workers; then, alone on a quiet machine, the tests that judge measured
+# timings (marked `alone` by tests/conftest.py). Plain `pytest` runs all of them in one process.
+test: export OMP_NUM_THREADS = 1
 test: $(VENV)/.installed-test
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not alone" --durations=40
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not alone" --durations=40
 	$(BIN)/python -m pytest -m alone
 
 # Speed goals with budgets; meaningful only on an otherwise idle machine.

@@ -10,6 +10,8 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,13 +151,26 @@ class Store:
     def __init__(self, path: Path = DEFAULT_DB) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # Autocommit: every write below is durable when the call returns.
+        # Autocommit: every write below is durable when the call returns; writes of several
+        # rows that belong together go through _transaction.
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All statements inside, or none. In autocommit mode `with connection:` opens no
+        transaction, so a failing executemany would keep the rows before the failing one."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- writing ---------------------------------------------------------------------
     def begin_run(self, scenario: str, scenario_path: str, sha256: str, yaml_text: str, prompts: list[dict],
@@ -185,7 +200,7 @@ class Store:
 
     def add_samples(self, run_id: str, variant_key: str, target_key: str, samples: list[Sample], warmup: bool = False) -> None:
         now = time.time()
-        with self._db:  # one transaction: all samples of one measurement, or none
+        with self._transaction():  # all samples of one measurement, or none
             self._db.executemany(
                 "INSERT INTO samples (run_id, variant_key, target_key, metric, value, repetition, prompt_id, warmup, recorded_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
@@ -221,7 +236,7 @@ class Store:
         """Before a repetition runs again (--resume): drop what its unfinished attempt left and mark
         the result ok again. The failed attempt stays in `repetitions` until the new one replaces it."""
         key = (run_id, variant_key, target_key)
-        with self._db:
+        with self._transaction():
             for table in ("samples", "outputs", "device_states"):
                 self._db.execute(f"DELETE FROM {table} WHERE run_id=? AND variant_key=? AND target_key=?"
                                  " AND repetition=?", (*key, repetition))
@@ -232,10 +247,11 @@ class Store:
         """A remote job (or export) of a target, e.g. {"kind": "profile", "job_id", "url"}, as it is submitted."""
         self._db.execute("INSERT INTO jobs (run_id, variant_key, target_key, repetition, record) VALUES (?,?,?,?,?)",
                          (run_id, variant_key, target_key, repetition, json.dumps(record)))
+
     def set_noise(self, scenario: str, run_a: str, run_b: str, noise: dict[tuple[str, str], float]) -> None:
         """A calibration's result, per (target key, metric); replaces the scenario's earlier one."""
         now = time.time()
-        with self._db:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO noise VALUES (?,?,?,?,?,?,?)",
                 [(scenario, target, metric, value, run_a, run_b, now) for (target, metric), value in noise.items()],

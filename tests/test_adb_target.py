@@ -314,6 +314,32 @@ def test_state_parses_dumpsys_and_sysfs_units() -> None:
     assert energy_j(state, samsung) == pytest.approx(0.412 * 3.912 * 10)
 
 
+def test_only_temperature_types_are_temperatures() -> None:
+    # Android's BCL entries (types 6, 7, 8: mV, mA, %) and type -1 (unknown) are not degrees
+    bcl = THERMAL + ("\tTemperature{mValue=11900.0, mType=6, mName=vbat, mStatus=0}\n"
+                     "\tTemperature{mValue=4500.0, mType=7, mName=ibat, mStatus=0}\n"
+                     "\tTemperature{mValue=76.0, mType=8, mName=soc, mStatus=0}\n"
+                     "\tTemperature{mValue=88.0, mType=-1, mName=odd, mStatus=0}\n"
+                     "\tTemperature{mValue=39.0, mType=9, mName=NPU, mStatus=0}\n")
+    state = parse_state(bcl.replace("Thermal Status: 2", "Thermal Status: 0"), 0.0)
+    assert state.temperatures_c == {"AP": 41.2, "BAT": 33.5, "NPU": 39.0}
+    assert not Hygiene().hot(state) and state.unknown == []
+
+
+def test_a_device_that_reports_no_thermal_state_is_unknown_not_cool() -> None:
+    silent = parse_state("", 0.0)  # dumpsys thermalservice failed or printed nothing
+    assert silent.thermal_status is None and silent.temperatures_c == {} and silent.max_temp_c is None
+    assert silent.unknown == ["thermal status", "temperatures"]
+    naps = []
+    state = Hygiene(cooldown_s=60).settle(lambda: silent, sleep=naps.append)
+    assert naps == []  # nothing known to be hot: no cool-down wait...
+    assert state.warnings == ["thermal status and temperatures unknown: the device did not report them, so it may be hot"]
+    with pytest.raises(ValueError, match="^thermal status and temperatures unknown"):  # ...or a failure, when asked
+        Hygiene(unknown="fail").settle(lambda: parse_state("", 0.0))
+    status_only = parse_state(THERMAL.split("Current temperatures")[0], 0.0)
+    assert status_only.thermal_status == 2 and status_only.unknown == ["temperatures"]
+
+
 def test_hygiene_waits_for_the_device_to_cool() -> None:
     readings = iter([THERMAL, THERMAL, THERMAL.replace("Thermal Status: 2", "Thermal Status: 0")
                      .replace("41.2", "35.0")])

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from harness.store import Sample, Store
 
 
@@ -29,3 +31,15 @@ def test_runs_results_and_failures_round_trip(tmp_path) -> None:
     assert store.run(first).status == "failed" and store.run(first).environment == {"host": "h"}
     assert [(r.status, r.error) for r in store.results(first)] == [("failed", "runner timed out")]
     assert [r.run_id for r in store.runs("s")] == [first, second]
+
+
+def test_a_failing_batch_of_samples_leaves_no_row(tmp_path) -> None:
+    store = Store(tmp_path / "r.sqlite")
+    run_id = store.begin_run("s", "s.yaml", "0" * 64, "name: s", [{"id": "p"}], "0.1", None, {"host": "h"})
+    store.add_samples(run_id, "v", "local", [Sample("e2e_ms", 1.0, 0, "p")])
+    batch = [Sample("e2e_ms", 2.0, 1, "p"), Sample("ttft_ms", 3.0, 1, "p"), Sample("itl_ms", None, 1, "p")]  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):  # value is NOT NULL: the third row fails
+        store.add_samples(run_id, "v", "local", batch)
+    assert store.samples(run_id, "v", "local") == [Sample("e2e_ms", 1.0, 0, "p")]
+    store.add_samples(run_id, "v", "local", batch[:2])  # the connection is usable afterwards
+    assert len(store.samples(run_id, "v", "local")) == 3

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 BOOTSTRAP_RESAMPLES = 2000
 _SEED = 20261121
@@ -71,6 +70,8 @@ def bootstrap_interval(samples: list[float], stat: Stat = "median") -> tuple[flo
 
 def mann_whitney_p(current: list[float], baseline: list[float]) -> float:
     """Two-sided Mann-Whitney U p-value; 1.0 when every sample has the same value."""
+    from scipy.stats import mannwhitneyu  # here: importing scipy.stats costs every CLI command 1.1 s
+
     if len(set(current) | set(baseline)) == 1:
         return 1.0
     return float(mannwhitneyu(current, baseline, alternative="two-sided").pvalue)

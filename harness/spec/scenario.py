@@ -48,6 +48,7 @@ class DeviceRules(Strict):
     max_temp_c: PositiveFloat = 45.0
     cooldown_s: NonNegativeInt = 300
     charging: Literal["warn", "fail"] = "warn"  # a device on USB/AC power
+    unknown: Literal["warn", "fail"] = "warn"  # a device that reports no thermal status or temperatures
 
 
 class Budget(Strict):

@@ -24,6 +24,9 @@ STATE_COMMAND = "; ".join((
     "cat /sys/class/power_supply/battery/current_now /sys/class/power_supply/battery/voltage_now",
 ))
 THERMAL_STATUS = ("none", "light", "moderate", "severe", "critical", "emergency", "shutdown")
+# Android's Temperature.TYPE_*: -1 unknown; 6, 7, 8 are battery current limiting (BCL) voltage
+# in mV, current in mA and percentage, whose values (11900...) are not temperatures.
+NOT_TEMPERATURES = {-1, 6, 7, 8}
 _TEMPERATURE = re.compile(r"Temperature\{mValue=([-\d.]+), mType=(-?\d+), mName=([^,]+), mStatus=(\d+)\}")
 
 
@@ -35,8 +38,8 @@ def parse_getprop(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class DeviceState:
     time_s: float  # host clock (time.time) when read
-    thermal_status: int
-    temperatures_c: dict[str, float]
+    thermal_status: int | None  # None: the device did not say (unknown, not cool)
+    temperatures_c: dict[str, float]  # temperature-type HAL entries only; empty: unknown
     battery_level: int | None
     battery_temp_c: float | None
     battery_status: int | None  # BatteryManager: 2 charging, 3 discharging, 4 not charging, 5 full
@@ -52,8 +55,14 @@ class DeviceState:
         return self.plugged != "none"
 
     @property
-    def max_temp_c(self) -> float:
-        return max(self.temperatures_c.values(), default=float("nan"))
+    def max_temp_c(self) -> float | None:
+        return max(self.temperatures_c.values(), default=None)
+
+    @property
+    def unknown(self) -> list[str]:
+        """What the thermal gate needs and the device did not report."""
+        return [name for name, value in (("thermal status", self.thermal_status), ("temperatures", self.max_temp_c))
+                if value is None]
 
     @property
     def power_w(self) -> float | None:
@@ -69,8 +78,10 @@ def parse_state(text: str, time_s: float) -> DeviceState:
     sections = text.split(_MARK + "\n")
     thermal, battery, cpufreq, power, supply = (sections + [""] * 5)[:5]
     status = re.search(r"^Thermal Status: (\d)", thermal, re.MULTILINE)
-    current_hal = thermal.split("Current temperatures from HAL:")[-1]
-    temperatures = {name: float(value) for value, _, name, _ in _TEMPERATURE.findall(current_hal)}
+    # only the HAL's current readings: without that section, the cached ones are old news
+    _, _, current_hal = thermal.partition("Current temperatures from HAL:")
+    temperatures = {name: float(value) for value, kind, name, _ in _TEMPERATURE.findall(current_hal)
+                    if int(kind) not in NOT_TEMPERATURES}
     fields = dict(re.findall(r"^\s+([\w ]+): (.*)$", battery, re.MULTILINE))
     plugged = next((kind for kind, key in (("ac", "AC powered"), ("usb", "USB powered"),
                                            ("wireless", "Wireless powered")) if fields.get(key) == "true"), "none")
@@ -78,7 +89,7 @@ def parse_state(text: str, time_s: float) -> DeviceState:
     screen = re.search(r"mWakefulness=(\w+)", power)
     return DeviceState(
         time_s=time_s,
-        thermal_status=int(status[1]) if status else 0,
+        thermal_status=int(status[1]) if status else None,
         temperatures_c=temperatures,
         battery_level=_int(fields.get("level")),
         battery_temp_c=None if _int(fields.get("temperature")) is None else _int(fields["temperature"]) / 10,
@@ -122,9 +133,12 @@ class Hygiene:
     cooldown_s: float = 300.0  # longest wait for the device to cool down
     poll_s: float = 5.0
     charging: Literal["warn", "fail"] = "warn"
+    unknown: Literal["warn", "fail"] = "warn"  # a device that does not report its thermal status or temperatures
 
     def hot(self, state: DeviceState) -> bool:
-        return state.thermal_status > self.max_thermal_status or state.max_temp_c > self.max_temp_c
+        """Known to be too hot; what is unknown is judged after the cool-down, by `unknown`."""
+        status, temp = state.thermal_status, state.max_temp_c
+        return (status is not None and status > self.max_thermal_status) or (temp is not None and temp > self.max_temp_c)
 
     def settle(self, read: Callable[[], DeviceState], sleep: Callable[[float], None] = time.sleep) -> DeviceState:
         """Wait (up to `cooldown_s`) until the device is cool; raise ValueError if it stays hot
@@ -136,9 +150,14 @@ class Hygiene:
             state = read()
         if self.hot(state):
             raise ValueError(
-                f"device still hot after {self.cooldown_s:g} s cool-down: thermal status {state.thermal_status} "
-                f"({THERMAL_STATUS[state.thermal_status]}), max temperature {state.max_temp_c:.1f} C "
-                f"(limits: status {self.max_thermal_status}, {self.max_temp_c:g} C)")
+                f"device still hot after {self.cooldown_s:g} s cool-down: thermal status {_status(state.thermal_status)}, "
+                f"max temperature {_celsius(state.max_temp_c)} (limits: status {self.max_thermal_status}, "
+                f"{self.max_temp_c:g} C)")
+        if state.unknown:
+            message = f"{' and '.join(state.unknown)} unknown: the device did not report them, so it may be hot"
+            if self.unknown == "fail":
+                raise ValueError(message)
+            state.warnings.append(message)
         if state.charging:
             message = f"charging ({state.plugged}): battery readings are not energy, and charging heats the device"
             if self.charging == "fail":
@@ -147,3 +166,11 @@ class Hygiene:
         if time.monotonic() - start > 0.5:
             state.warnings.append(f"cooled down for {time.monotonic() - start:.0f} s")
         return state
+
+
+def _status(status: int | None) -> str:
+    return "unknown" if status is None else f"{status} ({THERMAL_STATUS[status]})"
+
+
+def _celsius(temp: float | None) -> str:
+    return "unknown" if temp is None else f"{temp:.1f} C"
