@@ -47,23 +47,33 @@ def pss_bytes(pid: int) -> int:
     return psutil.Process(pid).memory_full_info().pss
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, its finished children (reaped) and its
+    live descendants: a runner's and the compile workers it started."""
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += child_times.user + child_times.system
+    return total
 
 
 @dataclass(frozen=True)
 class CpuTimes:
-    """Host-wide CPU seconds since boot."""
+    """Host-wide CPU seconds since boot, and this process's own (the harness's)."""
 
     busy_s: float  # user + nice + system + irq + softirq + steal
     steal_s: float  # taken by the hypervisor for other guests
+    own_s: float  # this process's user + system, all its threads
 
     @staticmethod
     def read() -> CpuTimes:
-        t = psutil.cpu_times()
-        return CpuTimes(t.user + t.nice + t.system + t.irq + t.softirq + t.steal, t.steal)
+        t, own = psutil.cpu_times(), psutil.Process().cpu_times()
+        return CpuTimes(t.user + t.nice + t.system + t.irq + t.softirq + t.steal, t.steal, own.user + own.system)
 
 
 def cpu_mhz() -> list[float]:
@@ -81,8 +91,9 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
     """What the host was doing around a runner process, for the report's environment.
 
     With `since` (read before the runner started) and the runner's pid, it also says how many
-    CPU seconds other processes used meanwhile, and how many the hypervisor stole: the
-    numbers that tell a quiet repetition from one that shared the machine.
+    CPU seconds other processes used meanwhile (not the runner and its children, not this
+    harness process), and how many the hypervisor stole: the numbers that tell a quiet
+    repetition from one that shared the machine.
     """
     state: dict = {
         "time_s": time.time(),
@@ -92,6 +103,7 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
     }
     if since is not None and runner_pid is not None:
         now = CpuTimes.read()
-        state["other_cpu_s"] = round(max(0.0, now.busy_s - since.busy_s - process_cpu_s(runner_pid)), 2)
+        ours = process_tree_cpu_s(runner_pid) + now.own_s - since.own_s
+        state["other_cpu_s"] = round(max(0.0, now.busy_s - since.busy_s - ours), 2)
         state["steal_s"] = round(now.steal_s - since.steal_s, 2)
     return state
