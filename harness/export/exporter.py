@@ -82,7 +82,8 @@ def _digest(model: str, precision: str, prefill: GraphSpec, decode: GraphSpec) -
     with open(model_path(model), "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             h.update(block)
-    h.update(Path(graph.__file__).read_bytes())
+    for source in (graph.__file__, __file__):  # the exporter's source: the graph and how its weights are read
+        h.update(Path(source).read_bytes())
     h.update(json.dumps([precision, asdict(prefill), asdict(decode), onnx.__version__]).encode())
     return h.hexdigest()[:24]
 
