@@ -27,7 +27,7 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def llm() -> Llama:
-    # the engine's thread budget (1 in make test's parallel part, where 2 would oversubscribe the cores)
+    # the engine's thread budget (1 under make test, whose two workers would oversubscribe 2 cores at 2 each)
     threads = torch.get_num_threads()
     return Llama(str(model_path()), n_ctx=MAX_SEQ, n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
 

@@ -38,7 +38,7 @@ class _Reader(gguf.GGUFReader):
     The reader slices its `data` once per array element; on an np.memmap each slice runs
     memmap's Python __getitem__ and __array_finalize__. For this model's 98k tokenizer
     strings that is 4.4 s, paid by every runner process; over the ndarray view, 1.7 s.
-    tests/test_engine.py checks that both read the same fields and tensors.
+    tests/test_gguf_file.py checks that both read the same fields and tensors.
     """
 
     @property
@@ -74,8 +74,7 @@ def q4_1_blocks(tensor: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _q4_1(data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     blocks = _blocks(data, Q4_1)  # [N, K/32, 20]
-    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
-    m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+    d, m = _fp16(blocks, 0), _fp16(blocks, 2)
     nibbles = blocks[..., 4:]  # [N, K/32, 16]
     q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1)  # [N, K/32, 32]
     return d, m, q.flatten(1)
@@ -86,17 +85,21 @@ def _blocks(data: np.ndarray, kind: gguf.GGMLQuantizationType) -> torch.Tensor:
     return torch.from_numpy(np.array(data)).view(data.shape[0], -1, gguf.GGML_QUANT_SIZES[kind][1])
 
 
+def _fp16(blocks: torch.Tensor, at: int) -> torch.Tensor:
+    """The fp16 value at byte `at` of every block [N, K/32, bytes] -> float32 [N, K/32]."""
+    return blocks[..., at : at + 2].contiguous().view(torch.float16).squeeze(-1).float()
+
+
 def _dequantize(data: np.ndarray, kind: gguf.GGMLQuantizationType) -> np.ndarray:
     """Stored rows -> float32 [N, K]. Q4_1 and Q8_0 (all of this model's quantized tensors) are
     expanded in torch with gguf.quants' operations in its order, so bit for bit its values
-    (tests/test_engine.py checks every tensor) in a third of its time; other kinds go to gguf.quants."""
+    (tests/test_gguf_file.py checks every tensor) in a third of its time; other kinds go to gguf.quants."""
     if kind == Q4_1:  # w = d * q + m
         d, m, q = _q4_1(data)
         return (q.view(len(q), -1, 32).float() * d[..., None] + m[..., None]).flatten(1).numpy()
     if kind == Q8_0:  # w = d * q; a block is fp16 d, then 32 int8 q
         blocks = _blocks(data, Q8_0)
-        d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [N, K/32, 1]
-        return (d * blocks[..., 2:].contiguous().view(torch.int8).float()).flatten(1).numpy()
+        return (_fp16(blocks, 0)[..., None] * blocks[..., 2:].contiguous().view(torch.int8).float()).flatten(1).numpy()
     return _float32(gguf.quants.dequantize(data, kind))
 
 
