@@ -1,8 +1,8 @@
 """The `harness` command: run scenarios, render reports, compare runs, list stored runs and adb devices.
 
 User errors (HarnessError) become one line on stderr and exit code 2, here and only here.
-`harness run` exits 1 when a variant failed or a budget was missed; `harness compare`
-exits 1 on a regression.
+`harness run` exits 1 when a variant failed or a budget failed, 3 when no budget failed but
+one was inconclusive (`run_exit_code`); `harness compare` exits 1 on a regression.
 """
 
 from __future__ import annotations
@@ -163,8 +163,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     verdicts = evaluate(document)
     _print_summary(document, verdicts)
     _write_outputs(store, document, verdicts, args.json, args.report)
-    ok = all(r["status"] == "ok" for r in document["results"]) and all(v.passed for v in verdicts)
-    return 0 if ok else 1
+    return run_exit_code(document, verdicts)
+
+
+def run_exit_code(document: dict, verdicts: list[Verdict]) -> int:
+    """0: every variant ran and every budget passed; 1: a variant or a budget failed (or a
+    decisive budget was inconclusive); 3: no failure, but some budget was inconclusive."""
+    if any(r["status"] != "ok" for r in document["results"]) or any(v.failed for v in verdicts):
+        return 1
+    return 3 if any(v.outcome == "inconclusive" for v in verdicts) else 0
 
 
 def _run_with_progress(scenario, targets, store: Store) -> str:
@@ -284,18 +291,26 @@ def _print_changes(baseline: dict, current: dict, changes: list[Change]) -> None
     out = _wide(stderr=False)
     out.print(f"{current['scenario']['name']}: run {current['run_id']} against {baseline['run_id']}",
               style="bold", markup=False, highlight=False)
-    styles = {"regressed": "bold red", "improved": "green", "too noisy to tell": "yellow", "unchanged": ""}
+    styles = {"regressed": "bold red", "improved": "green", "environment differed": "yellow",
+              "too noisy to tell": "yellow", "too few processes": "yellow", "unchanged": ""}
     for (variant, target, emulated), group in groupby(changes, key=lambda c: (c.variant, c.target, c.emulated)):
+        group = list(group)
         table = Table(title=f"{variant} @ {target}" + (" (emulated)" if emulated else ""), title_justify="left")
         table.add_column("metric", no_wrap=True)
-        for heading in ("baseline", "current", "ratio", "95 % interval", "p", "floor"):
+        for heading in ("baseline", "current", "ratio", "interval", "p", "q", "floor"):
             table.add_column(heading, justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
         for c in group:
-            table.add_row(c.metric, fmt(c.baseline), fmt(c.current), fmt(c.ratio),
-                          f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", fmt(c.p_value), f"{c.floor:.0%}",
-                          c.verdict, style=styles[c.verdict])
+            interval = f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]" + (" range" if c.ratio.kind == "range" else "")
+            table.add_row(c.metric, fmt(c.baseline), fmt(c.current), fmt(c.ratio.value), interval, fmt(c.p_value),
+                          fmt(c.q_value), f"{c.floor:.0%}", c.verdict, style=styles[c.verdict])
         out.print(table)
+        first = group[0]
+        out.print(f"processes per run: {first.ratio.processes} or more; estimates are medians over processes; "
+                  f"q: false discovery control over all {len(changes)} comparisons", markup=False, highlight=False)
+        if first.environment:
+            console.print(f"environment differed: {first.environment}", style="yellow", markup=False,
+                          highlight=False)
     for document in (baseline, current):
         if delay := document["environment"].get("test_delay_ms_per_token"):
             console.print(f"run {document['run_id']} was slowed on purpose: test delay {delay:g} ms per decode step",
@@ -333,7 +348,7 @@ def _print_summary(document: dict, verdicts: list[Verdict]) -> None:
         table.add_row(variant_of(result).key, label, *cells, result["status"])
     console.print(table)
     for verdict in verdicts:
-        style = "green" if verdict.passed else "bold red"
+        style = "bold red" if verdict.failed else "green" if verdict.passed else "yellow"
         console.print(f"budget: {verdict.text}", style=style, markup=False, highlight=False)
 
 

@@ -9,6 +9,7 @@ verdicts as user properties (in `--junitxml`) and fails on a regression.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if file_path.suffix in (".yaml", ".yml") and file_path.parent.name == "scenarios":
         return ScenarioCollector.from_parent(parent, path=file_path)
     return None
+
+
+class BudgetInconclusive(pytest.PytestWarning):
+    """A budget whose interval straddles its bound: not a failure, unless it is `decisive`."""
 
 
 class ScenarioFailure(Exception):
@@ -103,7 +108,10 @@ class VariantItem(pytest.Item):
         mine = [v for v in verdicts if (v.variant, v.target) == (self.variant.key, self.target_key)]
         for verdict in mine:
             self.user_properties.append(("budget", verdict.text))
-        missed = [v.text for v in mine if not v.passed]
+        missed = [v.text for v in mine if v.failed]
+        for verdict in mine:
+            if verdict.outcome == "inconclusive" and not verdict.failed:
+                warnings.warn(BudgetInconclusive(verdict.text))
         regressed = self._verdicts()
         problems = (["budget missed:", *missed] if missed else []) + (
             [f"regressed against {self.parent.compared_against}:", *regressed] if regressed else [])
@@ -117,11 +125,8 @@ class VariantItem(pytest.Item):
         self.user_properties.append(("compared_against", self.parent.compared_against))
         mine = [c for c in self.parent.changes if (c.variant, c.target) == (self.variant.key, self.target_key)]
         for c in mine:
-            self.user_properties.append((f"compare:{c.metric}", f"{c.verdict}: ratio {fmt(c.ratio)} "
-                                         f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}], p {fmt(c.p_value)}"))
-        return [f"{c.metric} ratio {fmt(c.ratio)} "
-                f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}], p {fmt(c.p_value)}, floor {c.floor:.0%}"
-                for c in regressions(mine)]
+            self.user_properties.append((f"compare:{c.metric}", f"{c.verdict}: {_change_text(c)}"))
+        return [f"{c.metric} {_change_text(c)}, floor {c.floor:.0%}" for c in regressions(mine)]
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (ScenarioFailure, HarnessError)):
@@ -134,3 +139,8 @@ class VariantItem(pytest.Item):
 
 def _keys(result: dict) -> tuple[str, str]:
     return variant_of(result).key, TargetInfo(**result["target"]).key
+
+
+def _change_text(c: Change) -> str:
+    return (f"ratio {fmt(c.ratio.value)} [{fmt(c.interval[0])}, {fmt(c.interval[1])}] ({c.ratio.basis}), "
+            f"p {fmt(c.p_value)}, q {fmt(c.q_value)}")

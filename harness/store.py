@@ -310,16 +310,16 @@ class Store:
         )
         return [Sample(*row) for row in rows]
 
-    def run_samples(self, run_id: str, metrics: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[float]]:
+    def run_samples(self, run_id: str, metrics: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[Sample]]:
         """A run's measured samples (warm-ups excluded) per (variant key, target key, metric)."""
-        query = "SELECT variant_key, target_key, metric, value FROM samples WHERE run_id=? AND warmup=0"
+        query = "SELECT variant_key, target_key, metric, value, repetition, prompt_id FROM samples WHERE run_id=? AND warmup=0"
         args: tuple = (run_id,)
         if metrics is not None:
             query += f" AND metric IN ({','.join('?' * len(metrics))})"
             args += tuple(metrics)
-        grouped: dict[tuple[str, str, str], list[float]] = {}
-        for variant, target, metric, value in self._db.execute(query + " ORDER BY id", args):
-            grouped.setdefault((variant, target, metric), []).append(value)
+        grouped: dict[tuple[str, str, str], list[Sample]] = {}
+        for variant, target, metric, value, repetition, prompt in self._db.execute(query + " ORDER BY id", args):
+            grouped.setdefault((variant, target, metric), []).append(Sample(metric, value, repetition, prompt))
         return grouped
 
     def outputs(self, run_id: str, variant_key: str, target_key: str) -> list[dict]:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import DELAY_MS, CompareRuns, harness, write_scenario
-from harness.analysis.compare import compare, judge
+from harness.analysis.compare import FDR, compare, environment_difference, judge, verdict
+from harness.analysis.stats import Observations, false_discovery_q
 from harness.errors import HarnessError
 from harness.spec.scenario import load_scenario
 from harness.store import Store
@@ -88,35 +89,71 @@ def test_compare_needs_two_runs_or_against(compare_runs: CompareRuns) -> None:
     assert done.stderr.strip().count("\n") == 0 and "give BASELINE and CURRENT" in done.stderr
 
 
-# -- the rule, on made-up samples (no timing involved) -------------------------------
+# -- the rule, on made-up process values (no timing involved) --------------------------
 RNG = np.random.default_rng(7)
-BASE = list(100 + RNG.normal(0, 2, 30))
+BASE = list(100 + RNG.normal(0, 2, 8))  # one value per runner process
+
+
+def processes(values: list[float]) -> Observations:
+    return Observations(tuple(values), tuple(range(len(values))), (None,) * len(values))
+
+
+def rule(metric: str, baseline: list[float], current: list[float], floor: float,
+         environment: str | None = None) -> str:
+    """The verdict of one comparison alone (a family of one: q = p)."""
+    j = judge(processes(baseline), processes(current))
+    return verdict(metric, j, j.p_value, floor, environment)
 
 
 def test_a_clear_slowdown_regresses_in_the_metric_direction() -> None:
     slower = [v * 1.5 for v in BASE]
-    assert judge("itl_ms", BASE, slower, 0.05).verdict == "regressed"  # lower is better
-    assert judge("decode_tokens_per_s", BASE, slower, 0.05).verdict == "improved"  # higher is better
+    assert rule("itl_ms", BASE, slower, 0.05) == "regressed"  # lower is better
+    assert rule("decode_tokens_per_s", BASE, slower, 0.05) == "improved"  # higher is better
+
+
+def test_a_disturbed_machine_is_not_a_regression() -> None:
+    assert rule("itl_ms", BASE, [v * 1.5 for v in BASE], 0.05, "other cpu cores 0.05 -> 1.02") == "environment differed"
 
 
 def test_a_shift_below_the_floor_is_unchanged() -> None:
-    assert judge("itl_ms", BASE, [v * 1.02 for v in BASE], 0.10).verdict == "unchanged"
+    assert rule("itl_ms", BASE, [v * 1.02 for v in BASE], 0.10) == "unchanged"
 
 
-def test_few_or_spread_samples_are_too_noisy() -> None:
-    assert judge("load_ms", [100, 101], [150, 151], 0.05).verdict == "too noisy to tell"
+def test_spread_processes_are_too_noisy() -> None:
     wide = [50, 100, 200, 80, 300]
-    assert judge("load_ms", wide, [v * 1.1 for v in wide], 0.05).verdict == "too noisy to tell"
+    assert rule("load_ms", wide, [v * 1.1 for v in wide], 0.05) == "too noisy to tell"
 
 
-def test_identical_constants_are_unchanged() -> None:
-    j = judge("weights_bytes", [5e8] * 4, [5e8] * 4, 0.05)
-    assert (j.verdict, j.ratio, j.interval, j.p_value) == ("unchanged", 1.0, (1.0, 1.0), 1.0)
+def test_identical_constants_are_unchanged_even_from_few_processes() -> None:
+    j = judge(processes([5e8] * 3), processes([5e8] * 3))
+    assert (j.ratio.value, j.ratio.interval, j.ratio.kind) == (1.0, (1.0, 1.0), "range")
+    assert verdict("weights_bytes", j, j.p_value, 0.05) == "unchanged"
 
 
-def test_three_vs_three_falls_back_to_the_99_interval() -> None:
-    # 3 vs 3 cannot reach p < 0.01 with Mann-Whitney; a clean doubling still regresses
-    assert judge("load_ms", [100, 101, 102], [200, 202, 204], 0.05).verdict == "regressed"
+def test_three_processes_cannot_regress() -> None:
+    # 3 vs 3 fully separated happens 1 time in 10 under no change at all: not evidence
+    assert rule("load_ms", [100, 101, 102], [200, 202, 204], 0.05) == "too few processes"
+
+
+def test_false_discovery_control_spans_the_comparison() -> None:
+    # Alone, 5 vs 5 fully separated is p 0.008; among 40 comparisons with nothing else moving, it is not enough
+    j = judge(processes([1.0, 1.1, 1.2, 1.3, 1.4]), processes([2.0, 2.1, 2.2, 2.3, 2.4]))
+    q = false_discovery_q([j.p_value] + [0.5] * 39)[0]
+    assert j.p_value < FDR < q
+    assert verdict("load_ms", j, j.p_value, 0.05) == "regressed"
+    assert verdict("load_ms", j, q, 0.05) == "too noisy to tell"
+
+
+def test_environment_difference_reads_the_recorded_states() -> None:
+    def result(other_cpu_s: float, thermal: int | None = None) -> dict:
+        state = {"phase": "after", "other_cpu_s": other_cpu_s, "steal_s": 0.0, "window_s": 10.0}
+        return {"device_states": [dict(state, repetition=r, **({"thermal_status": thermal} if thermal is not None else {}))
+                                  for r in range(5)]}
+
+    assert environment_difference(result(1.0), result(3.0)) is None  # 0.1 vs 0.3 cores
+    assert environment_difference(result(1.0), result(10.0)) == "other cpu cores 0.10 -> 1.00"
+    assert environment_difference(result(1.0, 0), result(1.0, 2)) == "thermal status 0 -> 2"
+    assert environment_difference({}, {}) is None  # AI Hub records no state
 
 
 def test_unknown_metric_in_min_effect_is_one_line_error(tmp_path: Path) -> None:

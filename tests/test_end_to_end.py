@@ -15,7 +15,9 @@ from harness.output.report import render_html
 # Every counter a plain greedy variant reports (technique counters need DS2D, adapters or streams).
 CORE = ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "itl_ms", "e2e_ms", "peak_rss_bytes",
         "weights_bytes", "kv_cache_bytes", "exact_match", "agreement_with_baseline", "kld_vs_baseline"]
-SUMMARY_KEYS = {"unit", "median", "mean", "stdev", "ci95", "n", "samples"}
+SUMMARY_KEYS = {"unit", "median", "mean", "stdev", "ci95", "n", "samples", "sample_repetitions", "sample_prompts",
+                "estimate", "interval", "interval_kind", "processes", "requests"}
+SCOPE_REQUESTS = {"process": 0, "request": 6, "token": 6}  # 3 processes x 2 prompts
 
 
 def test_smoke_run_exits_0(smoke_run) -> None:
@@ -49,10 +51,14 @@ def test_every_counter_has_at_least_3_samples(smoke_run, name: str) -> None:
             continue  # the baseline is not scored against itself
         metric = result["metrics"][name]
         assert SUMMARY_KEYS <= metric.keys()
-        assert metric["n"] == len(metric["samples"]) >= 3
+        assert metric["n"] == len(metric["samples"]) == len(metric["sample_repetitions"]) >= 3
         assert metric["unit"] == METRICS[name].unit
-        lo, hi = metric["ci95"]
-        assert min(metric["samples"]) <= lo <= metric["median"] <= hi <= max(metric["samples"])
+        # 3 runner processes: the interval is their range, never called a 95 % interval
+        assert (metric["processes"], metric["interval_kind"], metric["ci95"]) == (3, "range", None)
+        assert set(metric["sample_repetitions"]) == {0, 1, 2}
+        assert metric["requests"] == SCOPE_REQUESTS[METRICS[name].scope]
+        lo, hi = metric["interval"]
+        assert min(metric["samples"]) <= lo <= metric["estimate"] <= hi <= max(metric["samples"])
 
 
 def test_measurements_are_plausible(smoke_run) -> None:

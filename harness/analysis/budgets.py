@@ -1,13 +1,26 @@
-"""Budgets: hard gates from the scenario, checked against a run's medians."""
+"""Budgets: hard gates from the scenario, with three outcomes.
+
+A budget is a claim about the population of runs, so it is judged on the estimate's
+interval (`harness.analysis.stats`: the runner process is the unit), not on a point:
+pass when the whole interval is on the right side of the bound, fail when it is wholly
+on the wrong side, inconclusive when it straddles the bound. With fewer than
+MIN_PROCESSES processes the interval is the processes' range, and the reason says so.
+A budget with `decisive: true` counts an inconclusive outcome as a failure. Ratio budgets
+pair the two variants per (repetition, prompt).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import yaml
 
+from harness.analysis.stats import Estimate, Observations, estimate, paired_ratio
 from harness.spec.scenario import Budget, ScenarioFile, Variant
 from harness.targets.base import TargetInfo
+
+Outcome = Literal["pass", "fail", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -15,9 +28,18 @@ class Verdict:
     budget: Budget
     variant: str
     target: str
-    measured: float | None  # the budget's statistic, or its ratio to the baseline's
-    passed: bool
+    measured: Estimate | None  # the budget's statistic, or its ratio to the reference variant's
+    outcome: Outcome
     reason: str
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+    @property
+    def failed(self) -> bool:
+        """A failure, or an inconclusive outcome where the budget asks for a decisive one."""
+        return self.outcome == "fail" or (self.outcome == "inconclusive" and self.budget.decisive)
 
     @property
     def text(self) -> str:
@@ -57,23 +79,33 @@ def _check(budget: Budget, result: dict, reference: dict | None) -> Verdict:
     variant, target = variant_of(result).key, _target_key(result["target"])
     on = f" on {budget.kind} prompts" if budget.kind else ""
 
-    def verdict(measured: float | None, passed: bool, reason: str) -> Verdict:
-        return Verdict(budget, variant, target, measured, passed, reason)
+    def verdict(measured: Estimate | None, outcome: Outcome, reason: str) -> Verdict:
+        return Verdict(budget, variant, target, measured, outcome, reason)
 
     if result["status"] != "ok":
-        return verdict(None, False, f"{name}: variant failed: {result.get('error')}")
+        return verdict(None, "fail", f"{name}: variant failed: {result.get('error')}")
     if name not in _metrics(result, budget):
-        return verdict(None, False, f"{name}{on}: not measured")
-    stat = budget.stat
-    measured = _metrics(result, budget)[name][stat]
-    what = f"{name}{on} {stat} {measured:.4g}"
+        return verdict(None, "fail", f"{name}{on}: not measured")
+    mine = Observations.of(_metrics(result, budget)[name])
     if kind.endswith("_ratio"):
         if reference is None or reference["status"] != "ok" or name not in _metrics(reference, budget):
-            return verdict(None, False, f"{name}{on}: no measurement of the reference variant to compare with")
-        measured = measured / _metrics(reference, budget)[name][stat]
-        what = f"{name}{on} {stat} ratio to {variant_of(reference).key} {measured:.3f}"
-    op, passed = ("<=", measured <= limit) if kind.startswith("max") else (">=", measured >= limit)
-    return verdict(measured, passed, f"{what} {op} {limit:g}: {'pass' if passed else 'FAIL'}")
+            return verdict(None, "fail", f"{name}{on}: no measurement of the reference variant to compare with")
+        try:
+            measured = paired_ratio(mine, Observations.of(_metrics(reference, budget)[name]), budget.stat)
+        except ValueError:
+            return verdict(None, "fail", f"{name}{on}: no repetition and prompt measured on both variants")
+        what = f"{name}{on} {budget.stat} ratio to {variant_of(reference).key} {measured.value:.3f}"
+    else:
+        measured = estimate(mine, budget.stat)
+        what = f"{name}{on} {budget.stat} {measured.value:.4g}"
+    lo, hi = measured.interval
+    if kind.startswith("max"):
+        op, outcome = "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
+    else:
+        op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
+    shown = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE" if budget.decisive else "inconclusive"}
+    return verdict(measured, outcome, f"{what} [{lo:.4g}, {hi:.4g}] ({measured.basis}) {op} {limit:g}: "
+                                      f"{shown[outcome]}")
 
 
 def _target_key(target: dict) -> str:

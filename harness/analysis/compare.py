@@ -1,18 +1,21 @@
 """Regression verdicts: every metric of every variant x target of one run against another run.
 
-A change is judged on the raw samples of both runs:
+The runner process is the unit (`harness.analysis.stats`). For each metric:
 
-- the ratio of medians (current / baseline) with a bootstrap 95 % interval;
-- a two-sided Mann-Whitney U test at p < ALPHA; when the sample counts cannot reach that
-  p (5 vs 5 can reach 0.008, 3 vs 3 only 0.1), the 99 % interval of the ratio must
-  exclude 1 instead (asv's fall-back);
+- the ratio of the two runs' estimates (median of process values, current / baseline), with
+  a 95 % interval that resamples each run's processes, or the processes' range when a side
+  has fewer than MIN_PROCESSES;
+- a two-sided Mann-Whitney U test on the process values, and over the whole comparison
+  (every metric x variant x target judged) Benjamini-Hochberg's false discovery control:
+  a change is significant when its q-value is below FDR;
 - the floor: the larger of the scenario's minimum effect for the metric (`compare.
   min_effect`) and the noise `harness calibrate` measured for it on that target.
 
-regressed / improved: significant and the median moved by at least the floor, in the
-metric's worse / better direction. unchanged: otherwise, when the 95 % interval of the
-ratio lies within [1 / (1 + floor), 1 + floor]. too noisy to tell: otherwise (or fewer
-than MIN_SAMPLES samples on a side).
+regressed / improved: significant and the ratio moved by at least the floor, in the
+metric's worse / better direction; but "environment differed" instead when the two runs'
+recorded host or device state differs visibly (`environment_difference`). unchanged: the
+whole interval (or range) lies within [1 / (1 + floor), 1 + floor]. too few processes:
+otherwise, when a side has fewer than MIN_PROCESSES processes. too noisy to tell: otherwise.
 
 Sizes of change are symmetric (`change_size`): a halving and a doubling are both 100 %,
 so a floor can be reached in both directions whatever its size.
@@ -24,17 +27,24 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from harness.analysis.budgets import evaluate, spec_of, variant_of
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
 from harness.analysis.results import build_results
-from harness.analysis.stats import mann_whitney_p, ratio_with_interval, smallest_p
+from harness.analysis.stats import (MIN_PROCESSES, Estimate, Observations, false_discovery_q, mann_whitney_p,
+                                    ratio_between_runs)
 from harness.store import RunRecord, Store
 from harness.targets.base import TargetInfo
 
-ALPHA = 0.01
-MIN_SAMPLES = 3
-VERDICTS = ("regressed", "improved", "too noisy to tell", "unchanged")  # most urgent first
+FDR = 0.05  # Benjamini-Hochberg: the expected share of false alarms among the changes called significant
+VERDICTS = ("regressed", "improved", "environment differed", "too noisy to tell", "too few processes",
+            "unchanged")  # most urgent first
+# A side ran on a visibly disturbed machine when, in the median repetition, other processes
+# took this many more CPU cores (or the hypervisor stole this many more) than on the other side.
+OTHER_CPU_CORES = 0.5
+STEAL_CORES = 0.25
 
 
 @dataclass(frozen=True)
@@ -43,40 +53,45 @@ class Change:
     variant: str
     target: str
     emulated: bool
-    baseline: float  # median
-    current: float  # median
-    ratio: float  # current / baseline median
-    interval: tuple[float, float]  # bootstrap 95 % interval of the ratio
-    p_value: float
+    baseline: float  # estimate: median of the process values
+    current: float
+    ratio: Estimate  # current / baseline, with its interval and what it rests on
+    p_value: float  # Mann-Whitney U on the process values
+    q_value: float  # the same, controlled for the false discovery rate over the comparison
     floor: float  # smallest relative change that counts here
     verdict: str
+    environment: str | None = None  # how the two runs' machines differed, when they did
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return self.ratio.interval
 
 
 @dataclass(frozen=True)
 class Judgement:
-    ratio: float
-    interval: tuple[float, float]
+    ratio: Estimate
     p_value: float
-    verdict: str
 
 
-def judge(metric: str, baseline: list[float], current: list[float], floor: float) -> Judgement:
-    """The verdict on one metric's samples (see the module docstring for the rule)."""
-    ratio, interval = ratio_with_interval(current, baseline)
-    if min(len(baseline), len(current)) < MIN_SAMPLES:
-        return Judgement(ratio, interval, math.nan, "too noisy to tell")
-    p = mann_whitney_p(current, baseline)
-    if smallest_p(len(current), len(baseline)) < ALPHA:
-        significant = p < ALPHA
-    else:
-        lo, hi = ratio_with_interval(current, baseline, level=0.99)[1]
-        significant = lo > 1 or hi < 1
-    if significant and change_size(ratio) >= floor:
-        worse = (ratio > 1) == (METRICS[metric].better == "lower")
-        return Judgement(ratio, interval, p, "regressed" if worse else "improved")
-    if max(change_size(interval[0]), change_size(interval[1])) <= floor:
-        return Judgement(ratio, interval, p, "unchanged")
-    return Judgement(ratio, interval, p, "too noisy to tell")
+def judge(baseline: Observations, current: Observations) -> Judgement:
+    """The ratio of the runs' estimates and the test on their process values, before any verdict."""
+    ratio = ratio_between_runs(current, baseline)
+    cur, base = list(current.process_values().values()), list(baseline.process_values().values())
+    p = mann_whitney_p(cur, base) if min(len(cur), len(base)) >= MIN_PROCESSES else math.nan
+    return Judgement(ratio, p)
+
+
+def verdict(metric: str, j: Judgement, q_value: float, floor: float, environment: str | None = None) -> str:
+    """The verdict on one judged metric (see the module docstring for the rule)."""
+    ratio = j.ratio
+    if ratio.kind == "ci95" and q_value < FDR and change_size(ratio.value) >= floor:
+        if environment:
+            return "environment differed"
+        worse = (ratio.value > 1) == (METRICS[metric].better == "lower")
+        return "regressed" if worse else "improved"
+    if max(change_size(ratio.interval[0]), change_size(ratio.interval[1])) <= floor:
+        return "unchanged"
+    return "too few processes" if ratio.kind == "range" else "too noisy to tell"
 
 
 def change_size(ratio: float) -> float:
@@ -93,13 +108,54 @@ def compare(baseline: dict, current: dict, noise: dict[tuple[str, str], float] |
     """
     effects = spec_of(current).compare
     noise = noise or {}
+    paired = list(_paired_metrics(baseline, current))
+    judgements = [judge(Observations.of(base), Observations.of(measured)) for *_, base, measured, _ in paired]
+    q_values = false_discovery_q([j.p_value for j in judgements])
+    environments: dict[tuple[str, str], str | None] = {}
     changes = []
-    for variant, target, name, base, measured, emulated in _paired_metrics(baseline, current):
+    for (variant, target, name, base, measured, emulated), j, q in zip(paired, judgements, q_values):
+        if (variant, target) not in environments:
+            environments[(variant, target)] = environment_difference(_result(baseline, variant, target),
+                                                                     _result(current, variant, target))
+        environment = environments[(variant, target)]
         floor = max(effects.effect(name), noise.get((target, name), 0.0))
-        j = judge(name, base["samples"], measured["samples"], floor)
-        changes.append(Change(name, variant, target, emulated, base["median"], measured["median"],
-                              j.ratio, j.interval, j.p_value, floor, j.verdict))
+        changes.append(Change(name, variant, target, emulated, base["estimate"], measured["estimate"], j.ratio,
+                              j.p_value, q, floor, verdict(name, j, q, floor, environment), environment))
     return changes
+
+
+def environment_difference(baseline: dict, current: dict) -> str | None:
+    """How visibly the two results' machines differed, from their recorded states, or None.
+
+    Compared: CPU cores taken by other processes and stolen by the hypervisor during the
+    runner processes (median repetition), and the highest thermal status a device reported.
+    """
+    before, after = _disturbance(baseline), _disturbance(current)
+    found = []
+    for name, limit in (("other_cpu_cores", OTHER_CPU_CORES), ("steal_cores", STEAL_CORES)):
+        if name in before and name in after and abs(after[name] - before[name]) >= limit:
+            found.append(f"{name.replace('_', ' ')} {before[name]:.2f} -> {after[name]:.2f}")
+    if before.get("thermal_status") != after.get("thermal_status"):
+        found.append(f"thermal status {before.get('thermal_status')} -> {after.get('thermal_status')}")
+    return "; ".join(found) or None
+
+
+def _disturbance(result: dict) -> dict[str, float]:
+    after = [s for s in result.get("device_states", []) if s["phase"] == "after"]
+    figures: dict[str, float] = {}
+    windows = [s for s in after if s.get("window_s")]
+    for name, key in (("other_cpu_cores", "other_cpu_s"), ("steal_cores", "steal_s")):
+        shares = [s[key] / s["window_s"] for s in windows if key in s]
+        if shares:
+            figures[name] = float(np.median(shares))
+    statuses = [s["thermal_status"] for s in result.get("device_states", []) if s.get("thermal_status") is not None]
+    if statuses:
+        figures["thermal_status"] = max(statuses)
+    return figures
+
+
+def _result(document: dict, variant: str, target: str) -> dict:
+    return next(r for r in document["results"] if _keys(r) == (variant, target))
 
 
 def regressions(changes: Iterable[Change]) -> list[Change]:
@@ -108,10 +164,10 @@ def regressions(changes: Iterable[Change]) -> list[Change]:
 
 def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
     """Noise per (target key, metric) from two runs of the same build (A/A): how far from 1
-    (`change_size`) the 95 % interval of their ratio of medians reaches, the largest over the variants."""
+    (`change_size`) the interval (or range) of their ratio reaches, the largest over the variants."""
     noise: dict[tuple[str, str], float] = {}
     for _, target, name, base, measured, _ in _paired_metrics(first, second):
-        lo, hi = ratio_with_interval(measured["samples"], base["samples"])[1]
+        lo, hi = ratio_between_runs(Observations.of(measured), Observations.of(base)).interval
         reach = max(change_size(lo), change_size(hi))
         if math.isfinite(reach):
             noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
@@ -125,7 +181,7 @@ def last_good(store: Store, current: RunRecord) -> RunRecord:
     for run in reversed(earlier):
         if run.status != "ok" or run.environment.get("test_delay_ms_per_token") or store.regressed(run.run_id):
             continue
-        if all(v.passed for v in evaluate(build_results(store, run.run_id))):
+        if not any(v.failed for v in evaluate(build_results(store, run.run_id))):
             return run
     raise HarnessError(f"{store.path}: --against last-good: no earlier good run of scenario {current.scenario!r} "
                        f"before {current.run_id}")

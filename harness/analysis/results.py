@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
-from harness.analysis.stats import summarize
+from harness.analysis.stats import Observations, summarize
 from harness.store import Sample, Store
 
 
@@ -63,18 +63,30 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
 
 
 def summarize_metrics(samples: list[Sample]) -> dict:
-    """Each metric's raw samples with their summary, in registry order."""
-    by_metric: dict[str, list[float]] = defaultdict(list)
+    """Each metric's raw samples (with their process and prompt) and summary, in registry order.
+
+    `median`, `mean`, `stdev`, `n`, `p50`/`p90`/`p99` describe the raw samples; `estimate`,
+    `interval` (`interval_kind` ci95 or range), `processes` and `requests` are the estimate
+    with the runner process as the unit (`harness.analysis.stats`). `ci95` is that interval
+    when it is one, else null.
+    """
+    by_metric: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
-        by_metric[sample.metric].append(sample.value)
+        by_metric[sample.metric].append(sample)
     metrics = {}
     for name in METRICS:
         if by_metric.get(name):
-            s = summarize(by_metric[name])
+            observations = Observations.of_samples(by_metric[name])
+            s = summarize(observations)
+            e = s.estimate
             metrics[name] = {
                 "unit": METRICS[name].unit, "median": s.median, "mean": s.mean, "stdev": s.stdev,
-                "ci95": list(s.ci95), "n": s.n, "p50": s.p50, "p90": s.p90, "p99": s.p99,
-                "samples": by_metric[name],
+                "n": s.n, "p50": s.p50, "p90": s.p90, "p99": s.p99,
+                "estimate": e.value, "interval": list(e.interval), "interval_kind": e.kind,
+                "ci95": list(e.interval) if e.kind == "ci95" else None,
+                "processes": e.processes, "requests": e.requests,
+                "samples": list(observations.values), "sample_repetitions": list(observations.repetitions),
+                "sample_prompts": list(observations.prompts),
             }
     return metrics
 

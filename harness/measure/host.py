@@ -69,11 +69,13 @@ class CpuTimes:
     busy_s: float  # user + nice + system + irq + softirq + steal
     steal_s: float  # taken by the hypervisor for other guests
     own_s: float  # this process's user + system, all its threads
+    at_s: float  # time.monotonic() when read
 
     @staticmethod
     def read() -> CpuTimes:
         t, own = psutil.cpu_times(), psutil.Process().cpu_times()
-        return CpuTimes(t.user + t.nice + t.system + t.irq + t.softirq + t.steal, t.steal, own.user + own.system)
+        return CpuTimes(t.user + t.nice + t.system + t.irq + t.softirq + t.steal, t.steal, own.user + own.system,
+                        time.monotonic())
 
 
 def cpu_mhz() -> list[float]:
@@ -92,8 +94,8 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
 
     With `since` (read before the runner started) and the runner's pid, it also says how many
     CPU seconds other processes used meanwhile (not the runner and its children, not this
-    harness process), and how many the hypervisor stole: the numbers that tell a quiet
-    repetition from one that shared the machine.
+    harness process), how many the hypervisor stole, and over how long a window
+    (`window_s`): the numbers that tell a quiet repetition from one that shared the machine.
     """
     state: dict = {
         "time_s": time.time(),
@@ -106,4 +108,5 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
         ours = process_tree_cpu_s(runner_pid) + now.own_s - since.own_s
         state["other_cpu_s"] = round(max(0.0, now.busy_s - since.busy_s - ours), 2)
         state["steal_s"] = round(now.steal_s - since.steal_s, 2)
+        state["window_s"] = round(now.at_s - since.at_s, 3)
     return state

@@ -68,6 +68,7 @@ class Budget(Strict):
     min: float | None = None
     max_ratio: float | None = Field(default=None, gt=0)
     min_ratio: float | None = Field(default=None, gt=0)
+    decisive: bool = False
 
     @field_validator("metric")
     @classmethod

@@ -65,14 +65,15 @@ def median_with_interval(results: list[dict], metric: str) -> str | None:
     rows = _measured(results, metric)
     if not rows:
         return None
-    medians = [r["metrics"][metric]["median"] for r in rows]
-    lows = [m - r["metrics"][metric]["ci95"][0] for m, r in zip(medians, rows)]
-    highs = [r["metrics"][metric]["ci95"][1] - m for m, r in zip(medians, rows)]
+    medians = [r["metrics"][metric]["estimate"] for r in rows]
+    lows = [m - r["metrics"][metric]["interval"][0] for m, r in zip(medians, rows)]
+    highs = [r["metrics"][metric]["interval"][1] - m for m, r in zip(medians, rows)]
     fig, ax = plt.subplots(figsize=(8, _height(len(rows))))
     ax.barh(range(len(rows)), medians, xerr=[lows, highs], capsize=4, color="#4C72B0")
     ax.set_yticks(range(len(rows)), [_label(r) for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} median with 95 % interval ({rows[0]['metrics'][metric]['unit']})")
+    ax.set_xlabel(f"{metric}: median over processes, 95 % interval or range below 5 processes "
+                  f"({rows[0]['metrics'][metric]['unit']})")
     return _png(fig)
 
 
@@ -125,7 +126,7 @@ def speedup_by_streams(results: list[dict]) -> str | None:
     for r in rows:
         m = r["metrics"]["multistream_speedup"]
         k = r["variant"]["streams"]
-        ax.errorbar([k], [m["median"]], yerr=[[m["median"] - m["ci95"][0]], [m["ci95"][1] - m["median"]]],
+        ax.errorbar([k], [m["estimate"]], yerr=[[m["estimate"] - m["interval"][0]], [m["interval"][1] - m["estimate"]]],
                     fmt="o", capsize=4, label=_legend_label(r))
     ax.axhline(1.0, color="#999", linewidth=1, linestyle="--")
     return _small_multiples(fig, ax, "streams K", "speedup over K sequential runs (x)")

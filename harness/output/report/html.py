@@ -19,7 +19,7 @@ from harness.output.format import fmt
 from harness.analysis.history import Series
 from harness.measure.metrics import METRICS
 from harness.output.report import charts
-from harness.analysis.stats import bootstrap_interval, ratio_with_interval
+from harness.analysis.stats import Estimate, Observations, paired_ratio
 from harness.targets.base import TargetInfo
 
 CHART_LIMIT = 16  # variant x target rows in one chart
@@ -42,8 +42,19 @@ def _target_label(target: dict) -> str:
     return TargetInfo(**target).key + (" (emulated)" if target["emulated"] else "")
 
 
-def _interval(lo: float, hi: float) -> str:
-    return f"[{fmt(lo)}, {fmt(hi)}]"
+def _interval(bounds: list[float] | tuple[float, float], kind: str) -> str:
+    """An interval, marked when it is the range of fewer than MIN_PROCESSES processes."""
+    text = f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
+    return text if kind == "ci95" else f"{text} range"
+
+
+def _paired_to_baseline(metric: dict, base: dict | None) -> Estimate | None:
+    if base is None:
+        return None
+    try:
+        return paired_ratio(Observations.of(metric), Observations.of(base))
+    except ValueError:  # no (repetition, prompt) both measured
+        return None
 
 
 def _find(results: list[dict], target: dict, selector) -> dict | None:
@@ -72,30 +83,15 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
         rows.append({
             "what": f"{v.variant} vs {versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
             "emulated": result["target"]["emulated"], "measured": v.measured,
-            "interval": _comparison_interval(result, reference, budget),
             "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if ratio else ''}",
-            "stat": f"ratio of {budget.stat}s" if ratio else budget.stat, "passed": v.passed,
+            "stat": f"paired ratio of {budget.stat}s" if ratio else budget.stat, "outcome": v.outcome,
+            "failed": v.failed,
         })
     return rows
 
 
 def _variant_key(result: dict | None) -> str:
     return variant_of(result).key if result else "-"
-
-
-def _comparison_interval(result: dict, reference: dict | None, budget) -> tuple[float, float] | None:
-    """The bootstrap interval of what the budget checks: the statistic, or its ratio to the reference's."""
-    def samples(r: dict) -> list[float] | None:
-        metrics = r["metrics"] if budget.kind is None else r["metrics_by_kind"].get(budget.kind, {})
-        return metrics[budget.metric]["samples"] if budget.metric in metrics else None
-
-    mine = samples(result)
-    if mine is None:
-        return None
-    if not budget.bound[0].endswith("_ratio"):
-        return bootstrap_interval(mine, budget.stat)
-    theirs = samples(reference) if reference else None
-    return None if theirs is None else ratio_with_interval(mine, theirs, budget.stat)[1]
 
 
 def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
@@ -108,12 +104,14 @@ def _metric_tables(document: dict, baseline_key: str) -> list[dict]:
             m = result["metrics"][name]
             base = next((r for r in results if r["target"] == result["target"]
                          and variant_of(r).key == baseline_key and name in r["metrics"]), None)
-            ratio, ratio_ci = ratio_with_interval(m["samples"], base["metrics"][name]["samples"]) if base else (None, (None, None))
+            ratio = _paired_to_baseline(m, base["metrics"][name] if base else None)
             records.append({
-                "variant": variant_of(result).key, "target": _target_label(result["target"]), "n": m["n"],
-                "median": fmt(m["median"]), "95 % interval": _interval(*m["ci95"]), "mean": fmt(m["mean"]),
-                "stdev": fmt(m["stdev"]), "p90": fmt(m["p90"]), "p99": fmt(m["p99"]),
-                "ratio to baseline": fmt(ratio), "ratio 95 % interval": _interval(*ratio_ci),
+                "variant": variant_of(result).key, "target": _target_label(result["target"]),
+                "processes": m["processes"], "requests": m["requests"], "samples": m["n"],
+                "estimate": fmt(m["estimate"]), "interval": _interval(m["interval"], m["interval_kind"]),
+                "sample median": fmt(m["median"]), "p90": fmt(m["p90"]), "p99": fmt(m["p99"]),
+                "paired ratio to baseline": fmt(ratio.value) if ratio else "-",
+                "ratio interval": _interval(ratio.interval, ratio.kind) if ratio else "-",
             })
         if records:
             table = pd.DataFrame.from_records(records).to_html(index=False, escape=True, border=0, classes="metric")

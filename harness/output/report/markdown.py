@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.analysis.compare import VERDICTS, Change
+from harness.analysis.compare import FDR, VERDICTS, Change
 from harness.output.format import fmt
 
 
@@ -28,11 +28,14 @@ def markdown_summary(baseline: dict, current: dict, changes: list[Change], again
         f"Run `{current['run_id']}` against `{baseline['run_id']}` ({_cell(against)}): {tally or 'nothing to compare'}.",
     ]
     lines += [""] + [k for k in (_knob(baseline), _knob(current)) if k]
+    lines += ["", f"Estimates are medians over runner processes; p is Mann-Whitney U on the process values, "
+              f"q its Benjamini-Hochberg false-discovery value over all {len(changes)} comparisons (significant: "
+              f"q < {FDR:g}); a change counts when it is significant and at least the floor."]
     if any(c.emulated for c in changes):
         lines += ["", "Targets marked *(emulated)* are emulated devices or services, not real hardware."]
-    header = ["", "| verdict | metric | variant | target | baseline | current | ratio | 95 % interval | p | floor |",
-              "|---|---|---|---|---:|---:|---:|---|---:|---:|"]
-    notable = [c for c in changes if c.verdict in ("regressed", "improved", "too noisy to tell")]
+    header = ["", "| verdict | metric | variant | target | baseline | current | ratio | interval | rests on | p | q | floor |",
+              "|---|---|---|---|---:|---:|---:|---|---|---:|---:|---:|"]
+    notable = [c for c in changes if c.verdict not in ("unchanged", "too few processes")]
     if notable:
         lines += header + [_row(c) for c in sorted(notable, key=lambda c: VERDICTS.index(c.verdict))]
     lines += ["", f"<details><summary>All {len(changes)} comparisons</summary>", ""]
@@ -42,7 +45,10 @@ def markdown_summary(baseline: dict, current: dict, changes: list[Change], again
 
 def _row(c: Change) -> str:
     verdict = f"**{c.verdict}**" if c.verdict == "regressed" else c.verdict
+    if c.environment:
+        verdict += f" ({c.environment})"
     target = c.target + (" *(emulated)*" if c.emulated else "")
-    cells = [verdict, c.metric, c.variant, target, fmt(c.baseline), fmt(c.current), fmt(c.ratio),
-             f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", fmt(c.p_value), f"{c.floor:.0%}"]
+    cells = [verdict, c.metric, c.variant, target, fmt(c.baseline), fmt(c.current), fmt(c.ratio.value),
+             f"[{fmt(c.interval[0])}, {fmt(c.interval[1])}]", c.ratio.basis, fmt(c.p_value), fmt(c.q_value),
+             f"{c.floor:.0%}"]
     return "| " + " | ".join(_cell(x) for x in cells) + " |"
