@@ -349,7 +349,7 @@ def _print_summary(document: dict, verdicts: list[Verdict]) -> None:
     console.print(table)
     for verdict in verdicts:
         style = "bold red" if verdict.failed else "green" if verdict.passed else "yellow"
-        console.print(f"budget: {verdict.text}", style=style, markup=False, highlight=False)
+        console.print(f"budget: {verdict.text}", style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def _summary_cell(metrics: dict, name: str) -> str:

@@ -20,14 +20,17 @@ from harness.errors import HarnessError
 from harness.run.orchestrator import resolve_targets, resumable, resume_run
 from harness.run.protocol import Job
 from harness.spec.scenario import load_scenario
+from harness.spec.variant import Variant
 from harness.store import Store
 from harness.targets.base import TargetError
 from harness.targets.registry import open_targets
 from harness.targets.adb.target import FOLDER, inside_folder
-from harness.targets.adb.device_state import Hygiene, energy_j, parse_state
+from harness.measure.host import has_cpufreq
+from harness.targets.adb.device_state import BatterySampler, Hygiene, parse_state
 from harness.targets.adb.runtimes import ReferenceRunner
 
 S24, S25 = "emu-galaxy-s24", "emu-galaxy-s25"
+FP16 = Variant(precision="fp16").as_dict()  # a whole variant: a job the runner could really serve
 ONE_PROMPT = [{"id": "capital", "prompt": "What is the capital of France? Answer with one word.",
                "reference": "Paris"}]
 
@@ -148,6 +151,8 @@ def test_device_state_is_stored_with_each_repetition(story) -> None:
     host = results["local"]["device_states"]
     assert [(s["repetition"], s["phase"]) for s in host] == [(0, "before"), (0, "after")]
     assert all(s["load_1m"] >= 0 and s["cpu_mhz"] for s in host)
+    # this VM's kernel has no cpufreq: its /proc/cpuinfo clock is marked nominal, not taken for a reading
+    assert {s["cpu_mhz_source"] for s in host} == {"cpufreq" if has_cpufreq() else "nominal"}
     assert host[1]["other_cpu_s"] >= 0 and host[1]["steal_s"] >= 0  # what shared the host while it ran
     for serial in (S24, S25):
         states = results[serial]["device_states"]
@@ -156,7 +161,8 @@ def test_device_state_is_stored_with_each_repetition(story) -> None:
             assert state["thermal_status"] == 0
             assert state["temperatures_c"] == {"AP": 30.0, "BAT": 30.0, "SKIN": 30.0}
             assert state["plugged"] == "usb" and state["battery_level"] == 100
-            assert state["cpu_freq_khz"] and all(f > 0 for f in state["cpu_freq_khz"].values())
+            # the emulated phone reports the host's cpufreq clocks, and none where the host has none
+            assert bool(state["cpu_freq_khz"]) == has_cpufreq() and all(f > 0 for f in state["cpu_freq_khz"].values())
         assert any("charging" in w for w in states[0]["warnings"])  # on USB power: warned, no energy number
         assert "energy_j" not in results[serial]["metrics"]
     # the report shows every state next to the variant and target it stood behind
@@ -186,11 +192,34 @@ def test_devices_command_lists_identity(server) -> None:
     assert S24 in out.stdout and "SM-S921U" in out.stdout and "SM8750" in out.stdout
 
 
+def test_energy_is_sampled_during_the_window_only(server) -> None:
+    """Current and voltage read from the device's sysfs while the window is open, on a monotonic clock."""
+    inject(server.port, S24, "battery:none:400")  # discharging, 400 mA at 4.35 V: 1.74 W
+    try:
+        with BatterySampler(target(S24).phone, interval_s=0.05) as battery:
+            time.sleep(0.3)  # before the window: not counted
+            battery.start_window()
+            time.sleep(1.0)
+            battery.end_window()
+            time.sleep(0.3)
+        start, end = battery.window
+        assert battery.energy_j() == pytest.approx(1.74 * (end - start), rel=1e-6)
+        assert any(t < start for t, _ in battery.samples) and any(t > end for t, _ in battery.samples)
+        inject(server.port, S24, "battery:none")  # no current_now: no power, no energy
+        with BatterySampler(target(S24).phone, interval_s=0.05) as unknown:
+            unknown.start_window()
+            time.sleep(0.3)
+            unknown.end_window()
+        assert unknown.samples == [] and unknown.energy_j() is None
+    finally:
+        inject(server.port, S24, "clear")
+
+
 def test_hung_runner_is_killed_at_its_time_limit(server) -> None:
     inject(server.port, S25, "hang")
     try:
         with pytest.raises(TargetError, match=r"^runner timed out after 2 s \(killed on the device\)$"):
-            list(target(S25).run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=2))
+            list(target(S25).run(Job("smollm2-135m-instruct", FP16, ONE_PROMPT, 2, 0), timeout_s=2))
     finally:
         inject(server.port, S25, "clear")
     phone = target(S25).phone
@@ -202,7 +231,7 @@ def test_hung_runner_is_killed_at_its_time_limit(server) -> None:
 
 
 def test_slow_link_past_the_time_limit_is_a_clear_error(server) -> None:
-    run = target(S25).run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=1.5)
+    run = target(S25).run(Job("smollm2-135m-instruct", FP16, ONE_PROMPT, 2, 0), timeout_s=1.5)
     assert next(run).phase == "before"  # the device state was read; now the link slows down
     inject(server.port, S25, "slow:50")  # 50 bytes/s: the job file alone takes longer than the limit
     try:
@@ -218,7 +247,7 @@ def test_hot_device_fails_after_its_cool_down(server) -> None:
     inject(server.port, S25, "thermal:3:48")
     try:
         with pytest.raises(TargetError, match=r"still hot after 0.3 s cool-down: thermal status 3 \(severe\)"):
-            list(phone.run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=10))
+            list(phone.run(Job("smollm2-135m-instruct", FP16, ONE_PROMPT, 2, 0), timeout_s=10))
     finally:
         inject(server.port, S25, "clear")
 
@@ -231,7 +260,7 @@ def test_scenario_device_rules_reach_the_adb_targets(server, tmp_path) -> None:
     assert all((t.hygiene.max_thermal_status, t.hygiene.max_temp_c, t.hygiene.cooldown_s, t.hygiene.charging)
                == (2, 40.0, 0, "fail") for t in targets)
     with pytest.raises(TargetError, match=r"^device is charging \(usb\)"):  # the emulated phones are on USB
-        list(targets[0].run(Job("smollm2-135m-instruct", {"precision": "fp16"}, ONE_PROMPT, 2, 0), timeout_s=10))
+        list(targets[0].run(Job("smollm2-135m-instruct", FP16, ONE_PROMPT, 2, 0), timeout_s=10))
     bad = harness("run", str(write_scenario(tmp_path / "bad", device={"max_thermal_status": 9})))
     assert bad.returncode == 2 and "device.max_thermal_status" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -267,7 +296,7 @@ def test_adapter_names_cannot_escape_through_deployment(server, tmp_path) -> Non
     adapters.mkdir(parents=True)
     (tmp_path / "escape").mkdir()
     (tmp_path / "escape" / "adapter_config.json").write_text("{}")
-    job = Job("smollm2-135m-instruct", {"precision": "fp16", "adapters": ["../../escape"]}, ONE_PROMPT, 2, 0,
+    job = Job("smollm2-135m-instruct", {**FP16, "adapters": ["../../escape"]}, ONE_PROMPT, 2, 0,
               adapters_dir=str(adapters))
     files = ReferenceRunner().files(job)
     assert list(files) == ["adapters/../../escape/adapter_config.json"]
@@ -311,7 +340,7 @@ def test_state_parses_dumpsys_and_sysfs_units() -> None:
     assert state.cpu_freq_khz == {"policy0": 1785600, "policy7": 3302400}
     samsung = parse_state(text.replace("-412000\n3912000", "-412\n3912"), time_s=110.0)  # mA, mV as reported
     assert (samsung.current_ma, samsung.voltage_mv) == (-412.0, 3912.0)
-    assert energy_j(state, samsung) == pytest.approx(0.412 * 3.912 * 10)
+    assert samsung.power_w == pytest.approx(0.412 * 3.912)
 
 
 def test_only_temperature_types_are_temperatures() -> None:

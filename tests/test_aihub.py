@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -98,6 +99,11 @@ def test_fp16_and_int4_with_two_adapters_run_on_the_emulated_device(paper_run) -
         assert metrics["top1_agreement_host"]["n"] == 2
         assert metrics["top1_agreement_host"]["median"] >= 0.9
         assert metrics["max_abs_logit_diff_host"]["median"] <= TOLERANCE[precision]
+        # derived counters: one value per profile (per process), not a copy per prompt
+        repetitions = {job["repetition"] for job in result["jobs"]}
+        for name in ("ttft_ms_derived", "decode_tokens_per_s_derived"):
+            assert metrics[name]["n"] == metrics[name]["processes"] == len(repetitions)
+            assert metrics[name]["requests"] == 0
         # the run's summary table shows the derived request counters, marked as derived
         assert f"~{_cell(metrics['decode_tokens_per_s_derived'])}" in process.stderr
 
@@ -198,7 +204,9 @@ def test_a_job_that_never_finishes_times_out_with_its_ids_stored(hub: Emulator, 
     [result] = document["results"]
     assert result["status"] == "failed" and "not finished after 30 s" in result["error"]
     assert [j["kind"] for j in result["jobs"]].count("compile") == 2
-    assert "j0" in result["error"]  # names the job that did not finish
+    # names the one job that did not finish, with its link: a job the result recorded
+    [(job_id, url)] = re.findall(r"(\S+) \((http[^)]+)\)", result["error"].split("(workload.timeout_s): ")[1])
+    assert {"job_id": job_id, "url": url} in [{k: j.get(k) for k in ("job_id", "url")} for j in result["jobs"]]
 
 
 def test_a_rejected_token_fails_every_result_with_a_clear_message(hub: Emulator, cache: Path, tmp_path: Path) -> None:

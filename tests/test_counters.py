@@ -29,6 +29,16 @@ def test_latency_counters_follow_their_definitions() -> None:
     assert "exact_match" not in m and "agreement_with_baseline" not in m
 
 
+def test_speculative_steps_are_timed_per_step_not_per_token() -> None:
+    # DS2D: the second step accepted three tokens at once, the third one
+    times = [0.5, 0.6, 0.6, 0.6, 0.8]
+    event = Request(**{**FIELDS, "token_ids": [5, 6, 7, 8, 9], "token_times_s": times, "stats": {"tokens_per_step": 1.7}})
+    m = by_name(request_samples(event, 0, None, None))
+    assert "itl_ms" not in m  # two of its four token gaps would be 0 ms
+    assert m["step_ms"] == pytest.approx([100.0, 200.0])
+    assert m["decode_tokens_per_s"] == [pytest.approx(4 / 0.3)]
+
+
 def test_one_token_has_no_decode_rate() -> None:
     m = by_name(request_samples(Request(**{**FIELDS, "token_ids": [5], "token_times_s": [0.5]}), 0, None, None))
     assert "decode_tokens_per_s" not in m and "itl_ms" not in m

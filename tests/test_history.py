@@ -20,7 +20,11 @@ def test_slowed_nightly_is_a_step(compare_runs: CompareRuns) -> None:
     series = {s.metric: s for s in history(Store(compare_runs.db), "tiny-compare")}
     assert [(p.run_id, p.step) for p in series["decode_tokens_per_s"].steps] == [
         (compare_runs.slowed["run_id"], "regressed")]
-    assert series["weights_bytes"].steps == [] and series["ttft_ms"].steps == []
+    # nothing else steps: not the unslowed counters, not any counter between the three quiet runs
+    assert {m: [p.run_id for p in s.steps] for m, s in series.items() if s.steps and m not in (
+        "decode_tokens_per_s", "itl_ms", "e2e_ms")} == {}
+    assert all(p.run_id == compare_runs.slowed["run_id"] for s in series.values() for p in s.steps)
+    assert series["load_ms"].points[0].units and len(series["load_ms"].points[0].units) == 6  # process values
     done = harness("history", "tiny-compare", "--metric", "decode_tokens_per_s", "--db", str(compare_runs.db))
     assert done.returncode == 0 and "regressed" in done.stdout, done.stderr
 

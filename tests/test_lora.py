@@ -1,5 +1,6 @@
 """LoRA adapters as forward inputs on the real SmolLM2 (fp32): PEFT folders, bank, merged weights, styles."""
 import json
+import time
 import pathlib
 
 import pytest
@@ -168,11 +169,31 @@ def test_each_adapter_raises_its_style(engine: Engine, bank: AdapterBank) -> Non
     heldout = [json.loads(line)["instruction"] for line in lines[:3]]
     texts: dict[str | None, str] = {n: "" for n in (None, *STYLES)}
     for user in heldout:
-        streams = generate_streams(engine.model, chat_ids(engine, user), 40, engine.tokenizer.eos_id, bank,
-                                   list(texts), "per_stream")
+        streams = generate_streams(engine.model, chat_ids(engine, user), 40, engine.tokenizer.eos_id,
+                                   bank.inputs(list(texts)), "per_stream")
         for name, gen in zip(texts, streams):
             texts[name] += engine.tokenizer.decode(gen.token_ids) + "\n"
     for style in STYLES:
         markers = load_markers(FIXTURES / "adapters" / style)
         base = style_score(texts[None], markers)
         assert style_score(texts[style], markers) > base + 2, (style, texts[style], texts[None])
+
+
+def test_the_adapter_switch_is_timed_where_it_happens(engine: Engine, monkeypatch) -> None:
+    """The runtime switch builds the inputs the request then runs with: once, inside the switch's clock."""
+    from harness.run.serving import VariantServer
+
+    variant = {"adapters": list(STYLES), "lora_mode": "runtime", "streams": 1, "decoding": "greedy"}
+    server = VariantServer(engine, variant, FIXTURES / "adapters", 256)
+    built, switch = [], server.bank.inputs
+
+    def slow_switch(names):
+        time.sleep(0.02)  # a switch that costs 20 ms must show as 20 ms
+        built.append(switch(names))
+        return built[-1]
+
+    monkeypatch.setattr(server.bank, "inputs", slow_switch)
+    outputs = server.serve(chat_ids(engine, PROMPTS[1]), 2)
+    assert [o.adapter for o in outputs] == list(STYLES) and len(built) == len(STYLES)  # one switch per request
+    assert all(o.stats["adapter_switch_ms"] >= 20 for o in outputs)
+    assert all(o.generation.token_times[0] >= o.stats["adapter_switch_ms"] / 1e3 for o in outputs)  # TTFT includes it

@@ -31,13 +31,13 @@ def chat_ids(engine: Engine, user: str) -> list[int]:
 def streams(engine: Engine, bank: AdapterBank, ids: list[int], adapters: list, prefill: str, eos: int | None = None,
             tokens: int = 16) -> list[list[int]]:
     eos = engine.tokenizer.eos_id if eos is None else eos
-    return [g.token_ids for g in generate_streams(engine.model, ids, tokens, eos, bank, adapters, prefill)]
+    return [g.token_ids for g in generate_streams(engine.model, ids, tokens, eos, bank.inputs(adapters), prefill)]
 
 
 def test_per_stream_prefill_equals_single_streams(engine: Engine, bank: AdapterBank) -> None:
     for user in PROMPTS:
         ids = chat_ids(engine, user)
-        gens = generate_streams(engine.model, ids, 16, engine.tokenizer.eos_id, bank, STYLES, "per_stream")
+        gens = generate_streams(engine.model, ids, 16, engine.tokenizer.eos_id, bank.inputs(STYLES), "per_stream")
         for style, gen in zip(STYLES, gens):
             alone = generate_with_adapter(engine.model, ids, 16, engine.tokenizer.eos_id, bank, style)
             assert gen.token_ids == alone.token_ids, (user, style)

@@ -63,7 +63,7 @@ def test_local_runner_error_becomes_a_target_error() -> None:
 
 
 def test_local_run_past_its_timeout_is_killed() -> None:
-    job = Job("smollm2-135m-instruct", {"precision": "fp32"}, [{"id": "a", "prompt": "hi"}], 2, 0)
+    job = Job("smollm2-135m-instruct", Variant("fp32").as_dict(), [{"id": "a", "prompt": "hi"}], 2, 0)
     with pytest.raises(TargetError, match=r"^runner timed out after 0.2 s$"):
         list(LocalTarget().run(job, timeout_s=0.2))
 

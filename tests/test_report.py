@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import DELAY_MS, harness
+from conftest import harness
 
 
 def test_report_of_a_slowed_run_says_so_and_charts_the_trend(compare_runs, tmp_path) -> None:
@@ -10,7 +10,7 @@ def test_report_of_a_slowed_run_says_so_and_charts_the_trend(compare_runs, tmp_p
     done = harness("report", compare_runs.slowed["run_id"], "--db", str(compare_runs.db), "--out", str(out))
     assert done.returncode == 0, done.stderr
     html = out.read_text()
-    assert "Slowed on purpose" in html and f"HARNESS_TEST_DELAY_MS_PER_TOKEN = {DELAY_MS:g}" in html
+    assert "Slowed on purpose" in html and f"HARNESS_TEST_DELAY_MS_PER_TOKEN = {compare_runs.delay_ms:g}" in html
     trends = html[html.index("<h2>Trends over earlier runs</h2>"):html.index("<h2>Metrics</h2>")]
     assert 'alt="trend of decode_tokens_per_s"' in trends
     assert f"{compare_runs.slowed['run_id']}: regressed" in trends

@@ -24,18 +24,19 @@ from harness.spec.variant import PREFILLS
 
 @torch.inference_mode()
 def generate_streams(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos_id: int,
-                     bank: AdapterBank, adapters: list[str | None], prefill: str = "per_stream") -> list[Generation]:
-    """One Generation per entry of `adapters` (None = base); token_times share the request's clock."""
-    streams = len(adapters)
+                     inputs: AdapterInputs, prefill: str = "per_stream") -> list[Generation]:
+    """One Generation per row of `inputs` (`AdapterBank.inputs`: row i's adapter, or the base);
+    token_times share the request's clock. The caller builds `inputs`: that is the adapter
+    switch, and the caller times it."""
+    streams = len(inputs.index)
     check_streams(model, streams, prefill)
     check_lengths(model, len(prompt_ids), max_new_tokens)
-    inputs = bank.inputs(adapters)
     start = time.perf_counter()
     prefill_fn = prefill_per_stream if prefill == "per_stream" else prefill_shared
     logits = prefill_fn(model, prompt_ids, inputs)  # [K, vocab]
     prefill_s = time.perf_counter() - start
-    ids: list[list[int]] = [[] for _ in adapters]
-    times: list[list[float]] = [[] for _ in adapters]
+    ids: list[list[int]] = [[] for _ in range(streams)]
+    times: list[list[float]] = [[] for _ in range(streams)]
     live, steps = list(range(streams)), 0
     while True:
         token = logits.argmax(-1)  # [K]
@@ -56,7 +57,7 @@ def generate_streams(model: Transformer, prompt_ids: list[int], max_new_tokens: 
 def generate_with_adapter(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos_id: int,
                           bank: AdapterBank, adapter: str | None) -> Generation:
     """Single-stream greedy (batch 1, index [slot]): the sequential baseline."""
-    return generate_streams(model, prompt_ids, max_new_tokens, eos_id, bank, [adapter])[0]
+    return generate_streams(model, prompt_ids, max_new_tokens, eos_id, bank.inputs([adapter]))[0]
 
 
 def check_streams(model: Transformer, streams: int, prefill: str) -> None:

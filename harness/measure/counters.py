@@ -24,7 +24,8 @@ def load_samples(event: Loaded, repetition: int) -> list[Sample]:
 def process_samples(event: Process, repetition: int) -> list[Sample]:
     """From the target's `Process` event, measured outside the runner."""
     return [Sample(name, float(value), repetition, None)
-            for name, value in (("peak_rss_bytes", event.peak_rss_bytes), ("pss_bytes", event.pss_bytes))
+            for name, value in (("peak_rss_bytes", event.peak_rss_bytes), ("pss_bytes", event.pss_bytes),
+                                ("load_peak_rss_bytes", event.load_peak_rss_bytes))
             if value is not None]
 
 
@@ -46,7 +47,7 @@ def request_samples(event: Request, repetition: int, reference: str | list[str] 
         samples.append(Sample("prefill_tokens_per_s", event.prompt_tokens / ttft, repetition, prompt_id))
     if len(times) >= 2:
         samples.append(Sample("decode_tokens_per_s", decode_rate(times), repetition, prompt_id))
-        samples += [Sample("itl_ms", (b - a) * 1e3, repetition, prompt_id) for a, b in zip(times, times[1:])]
+        samples += gap_samples(times, "tokens_per_step" in event.stats, repetition, prompt_id)
     if reference is not None:
         samples.append(Sample("exact_match", exact_match(event.text, reference), repetition, prompt_id))
     if baseline_tokens is not None:
@@ -55,6 +56,16 @@ def request_samples(event: Request, repetition: int, reference: str | list[str] 
     if style_markers is not None:
         samples.append(Sample("style_score", style_score(event.text, style_markers), repetition, prompt_id))
     return samples + technique_samples(event, repetition)
+
+
+def gap_samples(times: list[float], speculative: bool, repetition: int, prompt_id: str) -> list[Sample]:
+    """Gaps between tokens (`itl_ms`); with speculative decoding, which emits the tokens one
+    verify step accepts at one instant, gaps between steps instead (`step_ms`): its token
+    gaps would be mostly zeros, not comparable with one token per step."""
+    if speculative:
+        steps = sorted(set(times))
+        return [Sample("step_ms", (b - a) * 1e3, repetition, prompt_id) for a, b in zip(steps, steps[1:])]
+    return [Sample("itl_ms", (b - a) * 1e3, repetition, prompt_id) for a, b in zip(times, times[1:])]
 
 
 def decode_rate(token_times: list[float]) -> float:

@@ -38,6 +38,12 @@ def peak_rss_bytes(pid: int | str = "self") -> int:
     return proc_kb_fields(Path(f"/proc/{pid}/status").read_text())["VmHWM"]
 
 
+def reset_peak_rss(pid: int | str = "self") -> None:
+    """Set a live process's VmHWM back to its current resident set (`clear_refs` 5, Linux 4.0+),
+    so the next reading is the peak of what it did since, not of loading."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def rss_bytes(pid: int | None = None) -> int:
     return psutil.Process(pid).memory_info().rss
 
@@ -78,8 +84,17 @@ class CpuTimes:
                         time.monotonic())
 
 
+CPUFREQ = Path("/sys/devices/system/cpu/cpufreq")
+
+
+def has_cpufreq() -> bool:
+    """Whether the kernel reports current clocks (cpufreq). Without it, as on most VMs,
+    psutil falls back to /proc/cpuinfo's "cpu MHz": a nominal figure, not a measurement."""
+    return any(CPUFREQ.glob("policy*/scaling_cur_freq"))
+
+
 def cpu_mhz() -> list[float]:
-    """Each host CPU's current clock."""
+    """Each host CPU's clock: current from cpufreq, else nominal (see `has_cpufreq`)."""
     return [freq.current for freq in psutil.cpu_freq(percpu=True)]
 
 
@@ -101,6 +116,7 @@ def host_state(since: CpuTimes | None = None, runner_pid: int | None = None) -> 
         "time_s": time.time(),
         "load_1m": psutil.getloadavg()[0],
         "cpu_mhz": {f"cpu{i}": round(mhz) for i, mhz in enumerate(cpu_mhz())},
+        "cpu_mhz_source": "cpufreq" if has_cpufreq() else "nominal",
         "temperatures_c": temperatures(),
     }
     if since is not None and runner_pid is not None:

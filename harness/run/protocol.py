@@ -119,10 +119,13 @@ class Error(Event, name="error"):
 
 @dataclass(frozen=True)
 class Process(Event, name="process"):
-    """The runner process's memory, read by the target after the timed work."""
+    """The runner process's memory, read by the target: its peak while serving (VmHWM, reset
+    when the model was loaded) and PSS after the timed work, and its peak up to the model
+    being loaded."""
 
     peak_rss_bytes: int
     pss_bytes: int | None = None
+    load_peak_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True)

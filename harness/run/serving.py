@@ -94,10 +94,10 @@ class VariantServer:
             switched = time.perf_counter()
             generation = self.engine.generate(prompt_ids, max_new_tokens)
         else:
-            self.bank.inputs([name])  # the runtime deployment's switch: a new index tensor, nothing else
+            inputs = self.bank.inputs([name])  # the runtime deployment's switch: a new index tensor, nothing else
             switched = time.perf_counter()
-            generation = generate_with_adapter(self.engine.model, prompt_ids, max_new_tokens,
-                                               self.engine.tokenizer.eos_id, self.bank, name)
+            generation = generate_streams(self.engine.model, prompt_ids, max_new_tokens,
+                                          self.engine.tokenizer.eos_id, inputs)[0]
         # the generation's clock started after the switch: put its tokens on the request's clock
         offset = switched - start
         generation.token_times = [offset + t for t in generation.token_times]
@@ -108,7 +108,7 @@ class VariantServer:
         model, eos = self.engine.model, self.engine.tokenizer.eos_id
         adapters = list(self.variant["adapters"]) or [None] * self.variant["streams"]
         start = time.perf_counter()
-        generations = generate_streams(model, prompt_ids, max_new_tokens, eos, self.bank, adapters,
+        generations = generate_streams(model, prompt_ids, max_new_tokens, eos, self.bank.inputs(adapters),
                                        self.variant["prefill"])
         together = time.perf_counter() - start
         outputs = [Output(a, g, together, dict(g.stats)) for a, g in zip(adapters, generations)]

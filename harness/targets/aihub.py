@@ -213,10 +213,10 @@ class _Session:
             counters["peak_memory_low_bytes"] = max(p[0] for p in peaks)
             counters["peak_memory_high_bytes"] = max(p[1] for p in peaks)
         yield protocol.Counters(None, counters)
+        # Derived once per result: one profile gives one value, not one sample per prompt.
         chunk_ms, step_ms = statistics.median(times_ms["prefill"]), statistics.median(times_ms["decode"])
-        for prompt_id, ids in prompts.items():
-            yield protocol.Counters(prompt_id, {"ttft_ms_derived": -(-len(ids) // chunk) * chunk_ms,
-                                                "decode_tokens_per_s_derived": 1e3 / step_ms})
+        chunks = statistics.median_low([-(-len(ids) // chunk) for ids in prompts.values()])
+        yield protocol.Counters(None, {"ttft_ms_derived": chunks * chunk_ms, "decode_tokens_per_s_derived": 1e3 / step_ms})
 
 
 def _dataset(cases: list) -> dict[str, list]:

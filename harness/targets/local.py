@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.measure.host import CpuTimes, cpu_model, host_state, peak_rss_bytes, pss_bytes
+from harness.measure.host import CpuTimes, cpu_model, host_state, peak_rss_bytes, pss_bytes, reset_peak_rss
 from harness.run import protocol
 from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
@@ -54,6 +54,7 @@ class LocalTarget:
 def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float,
             since: CpuTimes) -> Iterator[protocol.Event]:
     lines: queue.Queue[str | None] = queue.Queue()
+    load_peak = None
     threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
     while True:
         try:
@@ -72,8 +73,12 @@ def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float
         match event:
             case protocol.Error(error=error):
                 raise TargetError(f"runner failed: {error}")
+            case protocol.Loaded():
+                load_peak = peak_rss_bytes(process.pid)
+                reset_peak_rss(process.pid)  # from here VmHWM is the serving peak
+                yield event
             case protocol.Measured():
-                yield protocol.Process(peak_rss_bytes(process.pid), pss_bytes(process.pid))
+                yield protocol.Process(peak_rss_bytes(process.pid), pss_bytes(process.pid), load_peak)
                 yield protocol.State("after", host_state(since, process.pid))
             case protocol.Done():
                 process.stdin.close()

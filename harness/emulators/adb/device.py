@@ -23,7 +23,7 @@ import psutil
 
 from harness.emulators.adb import tools
 from harness.emulators.adb.profiles import Profile
-from harness.measure.host import cpu_mhz, rss_bytes
+from harness.measure.host import cpu_mhz, has_cpufreq, rss_bytes
 
 WRITABLE = ("/data/local/tmp", "/sdcard")
 READABLE = WRITABLE + ("/proc", "/sys")
@@ -105,8 +105,10 @@ class EmulatedDevice:
             self._write(f"sys/class/thermal/thermal_zone{index}/temp", round(temp_c * 1000))
         self._write("sys/class/power_supply/battery/temp", round(temp_c * 10))
 
-    def set_battery(self, plugged: str) -> None:
-        """'usb' or 'ac': charging at full level; 'none': discharging."""
+    def set_battery(self, plugged: str, current_ma: float | None = None) -> None:
+        """'usb' or 'ac': charging at full level; 'none': discharging, drawing `current_ma` when
+        given. This host has no battery to read: without a current the device has no
+        current_now file, so nothing reads a made-up energy."""
         if plugged not in ("usb", "ac", "none"):
             raise FaultError(f"battery {plugged!r}: allowed usb, ac, none")
         self._write("hil/plugged", plugged)
@@ -114,10 +116,17 @@ class EmulatedDevice:
         self._write(f"{battery}/status", "Full" if plugged != "none" else "Discharging")
         self._write(f"{battery}/capacity", 100)
         self._write(f"{battery}/voltage_now", 4_350_000)  # uV
-        self._write(f"{battery}/current_now", 0)
+        current = self.root / battery / "current_now"
+        if current_ma is None:
+            current.unlink(missing_ok=True)
+        else:
+            self._write(f"{battery}/current_now", round(-current_ma * 1000))  # uA, negative: discharging
 
     def refresh_cpufreq(self) -> None:
-        """One cpufreq policy per host CPU, at the host CPU's current clock."""
+        """One cpufreq policy per host CPU, at the host CPU's current clock; none when the host
+        kernel has no cpufreq (its figure would be nominal, not a clock the device runs at)."""
+        if not has_cpufreq():
+            return
         for index, value in enumerate(cpu_mhz()):
             policy = self.root / f"sys/devices/system/cpu/cpufreq/policy{index}"
             policy.mkdir(parents=True, exist_ok=True)
@@ -206,7 +215,8 @@ class EmulatedDevice:
                 status, _, temp = argument.partition(":")
                 self.set_thermal(int(status), float(temp or 30.0))
             elif name == "battery":
-                self.set_battery(argument)
+                plugged, _, current = argument.partition(":")
+                self.set_battery(plugged, float(current) if current else None)
             elif name == "clear":
                 self.faults = Faults()
                 self.set_thermal(0, 30.0)
@@ -223,7 +233,7 @@ FAULTS = {
     "slow:RATE": "throttle the link to RATE bytes/s (e.g. 1M)",
     "full": "storage full: pushes fail with 'No space left on device'",
     "thermal:STATUS[:TEMP_C]": "set the thermal status (0..6) and temperatures",
-    "battery:usb|ac|none": "charging on USB/AC, or discharging",
+    "battery:usb|ac|none[:MA]": "charging on USB/AC, or discharging (drawing MA milliamps, when given)",
     "clear": "remove every fault and restore the default state",
 }
 

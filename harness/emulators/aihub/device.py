@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from harness.export.onnx_session import exact_session_options
-from harness.measure.host import peak_rss_bytes, rss_bytes
+from harness.measure.host import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 PROFILE_RUNS = 10  # timed inferences per profile job
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
@@ -69,6 +69,7 @@ def profile(model: Path, result: Path, inputs: Path | None = None) -> None:
     layers = _layers(json.loads(trace.read_text()))
     trace.unlink()
     del session
+    reset_peak_rss()  # the warm load's peak, not the cold one's
     start = time.perf_counter()
     session = _session(model)
     warm_us = (time.perf_counter() - start) * 1e6
@@ -76,6 +77,7 @@ def profile(model: Path, result: Path, inputs: Path | None = None) -> None:
     before_run = rss_bytes()
     times, peaks = [], []
     for _ in range(PROFILE_RUNS):
+        reset_peak_rss()  # each run's own peak
         start = time.perf_counter()
         session.run(None, feeds)
         times.append(round((time.perf_counter() - start) * 1e6))

@@ -155,12 +155,16 @@ def _states(document: dict) -> Markup | None:
 def _state_cells(state: dict, every: bool = False) -> dict[str, str | None]:
     """The comparable part of a state; phones and hosts report different things, so cells may
     stay empty (`every`: keep the empty ones, for the column order)."""
-    clocks = [khz / 1e3 for khz in state.get("cpu_freq_khz", {}).values()] or list(state.get("cpu_mhz", {}).values())
+    measured = [khz / 1e3 for khz in state.get("cpu_freq_khz", {}).values()]
+    if not measured and state.get("cpu_mhz_source") == "cpufreq":
+        measured = list(state["cpu_mhz"].values())
+    nominal = list(state.get("cpu_mhz", {}).values()) if state.get("cpu_mhz_source") == "nominal" else []
     temperatures = state.get("temperatures_c") or {}
     cells = {
         "thermal status": state.get("thermal_status"),
         "max temp °C": max(temperatures.values()) if temperatures else None,
-        "CPU MHz": _span(clocks),
+        "CPU MHz": _span(measured),
+        "nominal CPU MHz": _span(nominal),
         "load (1 min)": state.get("load_1m"),
         "other processes' CPU s": state.get("other_cpu_s"),
         "steal s": state.get("steal_s"),

@@ -9,6 +9,7 @@ current in mA and voltage in mV whatever unit the kernel used.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
@@ -23,6 +24,7 @@ STATE_COMMAND = "; ".join((
     "dumpsys power | grep -m1 mWakefulness", f"echo {_MARK}",
     "cat /sys/class/power_supply/battery/current_now /sys/class/power_supply/battery/voltage_now",
 ))
+SUPPLY_COMMAND = "cat /sys/class/power_supply/battery/current_now /sys/class/power_supply/battery/voltage_now"
 THERMAL_STATUS = ("none", "light", "moderate", "severe", "critical", "emergency", "shutdown")
 # Android's Temperature.TYPE_*: -1 unknown; 6, 7, 8 are battery current limiting (BCL) voltage
 # in mV, current in mA and percentage, whose values (11900...) are not temperatures.
@@ -85,7 +87,7 @@ def parse_state(text: str, time_s: float) -> DeviceState:
     fields = dict(re.findall(r"^\s+([\w ]+): (.*)$", battery, re.MULTILINE))
     plugged = next((kind for kind, key in (("ac", "AC powered"), ("usb", "USB powered"),
                                            ("wireless", "Wireless powered")) if fields.get(key) == "true"), "none")
-    current, voltage = _supply(supply.split())
+    current, voltage = supply_reading(supply)
     screen = re.search(r"mWakefulness=(\w+)", power)
     return DeviceState(
         time_s=time_s,
@@ -102,8 +104,10 @@ def parse_state(text: str, time_s: float) -> DeviceState:
     )
 
 
-def _supply(values: list[str]) -> tuple[float | None, float | None]:
-    """current_now, voltage_now: uA/uV by the kernel's rule, but some Samsung kernels give mA/mV."""
+def supply_reading(text: str) -> tuple[float | None, float | None]:
+    """`cat current_now voltage_now` -> (mA, mV): uA/uV by the kernel's rule, but some Samsung
+    kernels give mA/mV. (None, None) when either file is missing."""
+    values = text.split()
     try:
         current, voltage = (float(v) for v in values[:2])
     except ValueError:
@@ -117,11 +121,54 @@ def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.lstrip("-").isdigit() else None
 
 
-def energy_j(before: DeviceState, after: DeviceState) -> float | None:
-    """Battery energy over the run from the power before and after, when on battery only."""
-    if before.charging or after.charging or before.power_w is None or after.power_w is None:
-        return None
-    return (before.power_w + after.power_w) / 2 * (after.time_s - before.time_s)
+class BatterySampler:
+    """Battery power sampled from sysfs during a runner's timed work, for `energy_j`.
+
+    A thread reads current and voltage every `interval_s` (one small shell command each,
+    on its own connection) from when it starts until it stops; `start_window` and
+    `end_window` mark the timed work on the same monotonic clock. Energy is the mean of the
+    window's power samples (trapezoids between them) times the window's length.
+    """
+
+    def __init__(self, phone, interval_s: float = 0.25) -> None:
+        self.phone, self.interval_s = phone, interval_s
+        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), watts)
+        self.window: list[float] = []  # [start] or [start, end]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> BatterySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def start_window(self) -> None:
+        self.window = [time.monotonic()]
+
+    def end_window(self) -> None:
+        self.window = self.window[:1] + [time.monotonic()]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            at = time.monotonic()
+            current_ma, voltage_mv = supply_reading(self.phone.shell(SUPPLY_COMMAND).stdout)
+            if current_ma is not None and voltage_mv is not None:
+                self.samples.append(((at + time.monotonic()) / 2, abs(current_ma) * voltage_mv / 1e6))
+            self._stop.wait(self.interval_s)
+
+    def energy_j(self) -> float | None:
+        """Joules over the window; None without a closed window or two power samples inside it."""
+        if len(self.window) != 2:
+            return None
+        start, end = self.window
+        inside = [(t, w) for t, w in self.samples if start <= t <= end]
+        if len(inside) < 2:
+            return None
+        area = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(inside, inside[1:]))
+        return area / (inside[-1][0] - inside[0][0]) * (end - start)
 
 
 @dataclass(frozen=True)

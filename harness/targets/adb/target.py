@@ -9,6 +9,7 @@ reports "measured", and read the device state again after it exits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
@@ -26,7 +27,7 @@ from harness.run import protocol
 from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
 from harness.targets.adb.client import LOST, SHELL_TIMEOUT_S, DeviceError, Phone, ShellStream, attached
-from harness.targets.adb.device_state import Hygiene, energy_j
+from harness.targets.adb.device_state import BatterySampler, Hygiene
 from harness.targets.adb.runtimes import RUNTIMES, RunnerAdapter
 
 FOLDER = "/data/local/tmp/hil-harness"
@@ -84,16 +85,19 @@ class AdbTarget:
         self.deploy(adapter.files(job), deadline)
         self.phone.push(adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
         command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {adapter.command('job.json')}"
-        with self.phone.stream(command, timeout=None) as stream:
-            yield from self._events(adapter, stream, deadline, timeout_s)
+        battery = None if before.charging else BatterySampler(Phone(self.phone.serial))  # on battery only
+        with self.phone.stream(command, timeout=None) as stream, battery or contextlib.nullcontext():
+            yield from self._events(adapter, stream, deadline, timeout_s, battery)
         after = self.phone.state()
-        energy = energy_j(before, after)
+        energy = battery.energy_j() if battery is not None and not after.charging else None
         yield protocol.State("after", after.as_dict(), energy)
 
     def _events(self, adapter: RunnerAdapter, stream: ShellStream, deadline: float,
-                timeout_s: float) -> Iterator[protocol.Event]:
+                timeout_s: float, battery: BatterySampler | None) -> Iterator[protocol.Event]:
+        """The runner's events; the battery window is the timed work: from the model being
+        loaded (or the last warm-up request) to "measured"."""
         lines = stream.lines(deadline)
-        pid = None
+        pid, load_peak = None, None
         try:
             first = next(lines, "")
             if not first.strip().isdigit():  # the shell failed before starting the runner
@@ -108,10 +112,19 @@ class AdbTarget:
                     case protocol.Error(error=error):
                         raise TargetError(f"runner failed: {error}")
                     case protocol.Measured():
-                        yield self.memory(pid)
+                        if battery is not None:
+                            battery.end_window()
+                        yield self.memory(pid, load_peak)
                     case protocol.Done():
                         stream.close_stdin()
+                    case protocol.Loaded() as loaded:
+                        load_peak = self.load_peak(pid)
+                        if battery is not None:
+                            battery.start_window()
+                        yield loaded
                     case event:
+                        if battery is not None and isinstance(event, protocol.Request) and event.warmup:
+                            battery.start_window()
                         yield event
         except (socket.timeout, adbutils.AdbTimeout):
             if pid is not None:
@@ -128,12 +141,20 @@ class AdbTarget:
             self.phone.shell(f"kill -9 {pid}")
             raise TargetError(f"runner output garbled: {exc}") from None
 
-    def memory(self, pid: int) -> protocol.Process:
+    def load_peak(self, pid: int) -> int | None:
+        """The runner's VmHWM when its model is loaded; then reset, so the next reading is the
+        serving peak (`clear_refs` 5; None where the kernel refuses it)."""
+        text = self.phone.check(f"cat /proc/{pid}/status")
+        if self.phone.shell(f"echo 5 > /proc/{pid}/clear_refs").code != 0:
+            return None
+        return proc_kb_fields(text).get("VmHWM")
+
+    def memory(self, pid: int, load_peak: int | None) -> protocol.Process:
         """Peak RSS (VmHWM) and PSS of the runner, from /proc on the device (kB there)."""
         values = proc_kb_fields(self.phone.check(f"cat /proc/{pid}/status /proc/{pid}/smaps_rollup"))
         if "VmHWM" not in values:
             raise TargetError(f"no VmHWM in /proc/{pid}/status on {self.phone.serial}")
-        return protocol.Process(values["VmHWM"], values.get("Pss"))
+        return protocol.Process(values["VmHWM"], values.get("Pss"), load_peak)
 
     def deploy(self, files: dict[str, Path], deadline: float | None = None) -> list[str]:
         """Push what changed since the last deployment (by sha256); returns the paths pushed."""
