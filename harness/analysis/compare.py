@@ -43,7 +43,7 @@ VERDICTS = ("regressed", "improved", "environment differed", "too noisy to tell"
             "unchanged")  # most urgent first
 # A side ran on a visibly disturbed machine when, in the median repetition, other processes
 # took this many more CPU cores (or the hypervisor stole this many more) than on the other side.
-OTHER_CPU_CORES = 0.5
+OTHER_CPU_CORES = 0.25
 STEAL_CORES = 0.25
 
 
