@@ -166,7 +166,9 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     return CompareRuns(db, first, second, third_run, slowed, loaded, delay_ms, calibrate, plugin, junit)
 
 
-WIDE_RUNS, STEP_RUN = 100, 70  # the synthetic store's runs; fp32-s1-greedy decodes 40 % slower from STEP_RUN on
+# The synthetic store's runs: from STEP_RUN on, fp32-s1-greedy decodes 40 % slower and the
+# second variant's peak RSS is 20 % higher
+WIDE_RUNS, STEP_RUN = 100, 70
 WIDE_SCENARIO = """\
 name: wide
 variants:
@@ -203,8 +205,9 @@ def wide_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for number, variant in enumerate(variants):
             store.add_result(run_id, variant.key, "local", variant.as_dict(), target)
             slow = 0.6 if number == 0 and run >= STEP_RUN else 1.0
+            bigger = 1.2 if number == 1 and run >= STEP_RUN else 1.0  # a process-level step
             samples = [Sample("weights_bytes", 2.7e8, rep, None) for rep in range(3)]
-            samples += [Sample("peak_rss_bytes", 6e8 * (1 + rng.normal(0, 0.002)), rep, None) for rep in range(3)]
+            samples += [Sample("peak_rss_bytes", 6e8 * bigger * (1 + rng.normal(0, 0.002)), rep, None) for rep in range(3)]
             for rep in range(3):
                 for prompt in prompts:
                     samples.append(Sample("decode_tokens_per_s", 40 * slow * (1 + rng.normal(0, 0.02)), rep, prompt["id"]))

@@ -17,7 +17,7 @@ CORE = ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "it
         "weights_bytes", "kv_cache_bytes", "exact_match", "agreement_with_baseline", "kld_vs_baseline"]
 SUMMARY_KEYS = {"unit", "median", "mean", "stdev", "ci95", "n", "samples", "sample_repetitions", "sample_prompts",
                 "estimate", "interval", "interval_kind", "processes", "requests"}
-SCOPE_REQUESTS = {"process": 0, "request": 6, "token": 6}  # 3 processes x 2 prompts
+SCOPE_REQUESTS = {"process": 0, "request": 6, "token": 6}  # 3 processes x 2 prompts (1 with a reference)
 
 
 def test_smoke_run_exits_0(smoke_run) -> None:
@@ -56,7 +56,7 @@ def test_every_counter_has_at_least_3_samples(smoke_run, name: str) -> None:
         # 3 runner processes: the interval is their range, never called a 95 % interval
         assert (metric["processes"], metric["interval_kind"], metric["ci95"]) == (3, "range", None)
         assert set(metric["sample_repetitions"]) == {0, 1, 2}
-        assert metric["requests"] == SCOPE_REQUESTS[METRICS[name].scope]
+        assert metric["requests"] == (3 if name == "exact_match" else SCOPE_REQUESTS[METRICS[name].scope])
         lo, hi = metric["interval"]
         assert min(metric["samples"]) <= lo <= metric["estimate"] <= hi <= max(metric["samples"])
 

@@ -7,13 +7,16 @@ from harness.analysis.history import history
 from harness.store import Store
 
 
-def test_the_planted_step_is_found_and_nothing_else(wide_store) -> None:
+def test_the_planted_steps_are_found_and_nothing_else(wide_store) -> None:
     series = history(Store(wide_store), "wide", ("decode_tokens_per_s", "ttft_ms", "peak_rss_bytes"))
     assert len(series) == 50 * 3 and all(len(s.points) == 100 for s in series)
     stepped = [(s.variant, s.metric, [s.points.index(p) for p in s.steps]) for s in series if s.steps]
-    assert stepped == [("fp32-s1-greedy", "decode_tokens_per_s", [STEP_RUN])]
-    step = next(s for s in series if s.steps).steps[0]
-    assert step.step == "regressed" and 0.55 < step.change < 0.65
+    assert stepped == [("fp32-s1-greedy", "decode_tokens_per_s", [STEP_RUN]),
+                       ("fp32-s2-greedy", "peak_rss_bytes", [STEP_RUN])]
+    decode, memory = (next(s for s in series if s.steps and s.metric == m).steps[0]
+                      for m in ("decode_tokens_per_s", "peak_rss_bytes"))
+    assert decode.step == "regressed" and 0.55 < decode.change < 0.65
+    assert memory.step == "regressed" and 1.15 < memory.change < 1.25  # one sample per process: steps too
 
 
 def test_slowed_nightly_is_a_step(compare_runs: CompareRuns) -> None:
