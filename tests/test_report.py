@@ -26,8 +26,11 @@ def test_report_stays_bounded_at_50_variants_and_100_runs(wide_store, tmp_path) 
     assert "<details><summary>50 variant x target results</summary>" in html  # folded
     assert "&lt;b&gt;text&lt;/b&gt;" in html and "<b>text" not in html
     steps = html[html.index("<h3>Step changes</h3>"):html.index("Every series")]
-    assert steps.count("<tr>") == 2 and "fp32-s1-greedy" in steps and "decode_tokens_per_s" in steps
-    # too many series for one chart: the chart keeps the one that stepped
+    assert steps.count("<tr>") == 3  # a header and the two planted steps
+    assert "fp32-s1-greedy" in steps and "decode_tokens_per_s" in steps
+    assert "fp32-s2-greedy" in steps and "peak_rss_bytes" in steps
+    # too many series for one chart: each chart keeps the one that stepped
     trends = html[html.index("<h2>Trends over earlier runs</h2>"):html.index("<h3>Step changes</h3>")]
-    assert trends.count("<img") == 1 and 'alt="trend of decode_tokens_per_s"' in trends
-    assert "1 of 50 series: those with a step change" in trends
+    assert trends.count("<img") == 2
+    assert 'alt="trend of decode_tokens_per_s"' in trends and 'alt="trend of peak_rss_bytes"' in trends
+    assert trends.count("1 of 50 series: those with a step change") == 2
