@@ -95,9 +95,6 @@ class Estimate:
         requests = f", {_count(self.requests, 'request')}" if self.requests else ""
         return f"{what}, {_count(self.processes, 'process')}{requests}"
 
-    def as_dict(self) -> dict:
-        return {"value": self.value, "interval": list(self.interval), "interval_kind": self.kind,
-                "processes": self.processes, "requests": self.requests}
 
 
 @dataclass(frozen=True)
