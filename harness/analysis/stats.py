@@ -96,7 +96,6 @@ class Estimate:
         return f"{what}, {_count(self.processes, 'process')}{requests}"
 
 
-
 @dataclass(frozen=True)
 class Summary:
     """Descriptive numbers of the raw samples (n, median, percentiles), and the estimate."""
