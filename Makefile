@@ -22,7 +22,7 @@ test: $(VENV)/.installed-test
 
 # Speed goals with budgets; meaningful only on an otherwise idle machine.
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -s tests/benchmarks scenarios/paper.yaml scenarios/graph.yaml
+	$(BIN)/python -m pytest -s tests/benchmarks scenarios/demo.yaml scenarios/paper.yaml scenarios/graph.yaml
 
 install: $(VENV)/.installed
 

@@ -22,9 +22,9 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def runs(engine: Engine) -> dict[str, tuple[Generation, Generation]]:
-    """(greedy, DS2D) for the first 4 prompts of each kind, chat template, 48 new tokens."""
+    """(greedy, DS2D) for the first 2 prompts of each kind, chat template, 48 new tokens."""
     prompts = [json.loads(line) for line in PAPER.read_text().splitlines()]
-    chosen = [p for kind in KINDS for p in [p for p in prompts if p["kind"] == kind][:4]]
+    chosen = [p for kind in KINDS for p in [p for p in prompts if p["kind"] == kind][:2]]
     out = {}
     for p in chosen:
         ids = engine.tokenizer.encode(engine.tokenizer.chat_prompt(p["prompt"]))
@@ -33,11 +33,11 @@ def runs(engine: Engine) -> dict[str, tuple[Generation, Generation]]:
 
 
 def test_ds2d_gives_greedys_tokens(runs: dict[str, tuple[Generation, Generation]]) -> None:
-    assert len(runs) == 20
+    assert len(runs) == 10
     differ = [pid for pid, (greedy, ds2d) in runs.items() if greedy.token_ids != ds2d.token_ids]
     assert not differ, f"DS2D differs from greedy on {differ}"
     drafted = sum(ds2d.stats["tokens_per_step"] > 1 for _, ds2d in runs.values())
-    assert drafted >= 10, "drafts were accepted on too few prompts for the test to mean anything"
+    assert drafted >= 5, "drafts were accepted on too few prompts for the test to mean anything"
 
 
 def test_stats_are_consistent(runs: dict[str, tuple[Generation, Generation]]) -> None:

@@ -17,6 +17,13 @@ def test_shipped_scenarios_load_with_baseline_first(name: str) -> None:
     assert scenario.prompts and len(scenario.sha256) == 64
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_loads(path) -> None:
+    # `make bench` runs demo, paper and graph through the pytest plugin; here they only load
+    scenario = load_scenario(path)
+    assert scenario.baseline in scenario.variants and scenario.prompts
+
+
 def test_variant_matrix_is_the_product_of_its_axes(tmp_path) -> None:
     path = write_scenario(tmp_path, variants={"precision": ["fp16", "fp32"], "streams": [1], "decoding": ["greedy"]})
     scenario = load_scenario(path)

@@ -95,6 +95,10 @@ def test_multistream_reports_speedup_and_one_output_per_stream(document: dict) -
 def test_compiled_graph_gives_greedy_tokens_and_its_compile_time_counts_as_load(document: dict, folder: Path) -> None:
     eager = result(document, streams=1, decoding="greedy", adapters=[], graph="eager")
     compiled = result(document, graph="compiled")
+    # The engine serves under torch's fail_on_recompile, so an ok result decoded every step with
+    # the graph compiled at load. Tokens measured identical in fp32 (fp16 too; int4's bf16
+    # fusions part from eager at near-ties).
+    assert compiled["status"] == "ok"
     assert [o["token_ids"] for o in compiled["outputs"]] == [o["token_ids"] for o in eager["outputs"]]
     assert compiled["metrics"]["load_ms"]["median"] > eager["metrics"]["load_ms"]["median"]
     assert "fp32 · 1 stream · greedy · compiled step" in (folder / "r.html").read_text()

@@ -50,7 +50,12 @@ class Engine:
         return sum(b.numel() * b.element_size() for name, b in self.model.named_buffers() if "kv_cache" in name)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        return greedy(self.model, prompt_ids, max_new_tokens, self.tokenizer.eos_id, self.step)
+        if self.graph == "eager":
+            return greedy(self.model, prompt_ids, max_new_tokens, self.tokenizer.eos_id, self.step)
+        # Every request runs the graph compiled at load: a recompile would be timed as decoding,
+        # so it is an error (torch's fail_on_recompile), not a slow step.
+        with torch.compiler.set_stance("fail_on_recompile"):
+            return greedy(self.model, prompt_ids, max_new_tokens, self.tokenizer.eos_id, self.step)
 
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
