@@ -116,10 +116,18 @@ def _add_compare(commands) -> None:
 
 
 def _add_calibrate(commands) -> None:
-    calibrate = commands.add_parser("calibrate", help="run a scenario twice (A/A) and store each metric's noise")
+    calibrate = commands.add_parser("calibrate", help="run a scenario N times (A/A) and store each metric's noise")
     calibrate.add_argument("scenario", type=Path)
+    calibrate.add_argument("--runs", type=_calibration_runs, default=3,
+                           help="runs of the same build (at least 2; default 3): the noise is the largest over their pairs")
     calibrate.add_argument("--target", action="append", help="target to run on (repeatable); default: the scenario's")
     calibrate.add_argument("--db", type=Path, default=DEFAULT_DB)
+
+
+def _calibration_runs(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"need a whole number of at least 2, got {text!r}")
+    return int(text)
 
 
 def _add_history(commands) -> None:
@@ -230,15 +238,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     targets = resolve_targets(scenario, args.target)
     store = Store(args.db)
-    first, second = (build_results(store, _run_with_progress(scenario, targets, store)) for _ in range(2))
-    noise = aa_noise(first, second)
-    store.set_noise(scenario.name, first["run_id"], second["run_id"], noise)
-    table = Table("target", "metric", "A/A noise", title=f"{scenario.name}: noise of runs {first['run_id']} "
-                                                            f"and {second['run_id']} (floor for 'regressed')")
+    runs = [build_results(store, _run_with_progress(scenario, targets, store)) for _ in range(args.runs)]
+    noise = aa_noise(runs)
+    store.set_noise(scenario.name, runs[0]["run_id"], runs[-1]["run_id"], noise)
+    table = Table("target", "metric", "A/A noise", title=f"{scenario.name}: noise of the {len(runs)} runs "
+                  f"{runs[0]['run_id']} to {runs[-1]['run_id']}, the largest over their pairs (floor for 'regressed')")
     for (target, metric), value in sorted(noise.items()):
         table.add_row(target, metric, f"{value:.1%}")
     _wide(stderr=False).print(table)
-    return 0 if all(r["status"] == "ok" for d in (first, second) for r in d["results"]) else 1
+    return 0 if all(r["status"] == "ok" for d in runs for r in d["results"]) else 1
 
 
 def cmd_history(args: argparse.Namespace) -> int:

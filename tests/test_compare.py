@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import CompareRuns, harness, write_scenario
-from harness.analysis.compare import FDR, compare, environment_difference, judge, verdict
+from harness.analysis.compare import FDR, aa_noise, compare, environment_difference, judge, verdict
 from harness.analysis.stats import Observations, false_discovery_q
 from harness.errors import HarnessError
 from harness.spec.scenario import load_scenario
 from harness.store import Store
 
-SPEED = ("decode_tokens_per_s", "itl_ms", "e2e_ms")  # what a delay per decode step slows down
+DECODE = ("decode_tokens_per_s", "itl_ms")  # what a delay per decode step slows down, with e2e_ms
 UNSLOWED = ("ttft_ms", "prefill_tokens_per_s", "load_ms", "peak_rss_bytes", "load_peak_rss_bytes", "pss_bytes",
             "weights_bytes", "kv_cache_bytes")  # what it must not touch
 MOVED = ("regressed", "improved", "environment differed")
@@ -26,8 +26,10 @@ MOVED = ("regressed", "improved", "environment differed")
 
 def test_calibrate_stores_noise_per_target(compare_runs: CompareRuns) -> None:
     assert compare_runs.calibrate.returncode == 0, compare_runs.calibrate.stderr[-2000:]
+    assert f"noise of the 3 runs {compare_runs.first['run_id']} to {compare_runs.third['run_id']}" in \
+        " ".join(compare_runs.calibrate.stdout.split())
     noise = Store(compare_runs.db).noise("tiny-compare")
-    assert {metric for target, metric in noise} >= {"ttft_ms", *SPEED, "load_ms"}
+    assert {metric for target, metric in noise} >= {"ttft_ms", *DECODE, "e2e_ms", "load_ms"}
     assert {target for target, _ in noise} == {"local"}
     assert all(value >= 0 for value in noise.values())
     assert noise[("local", "weights_bytes")] == 0  # the same bytes in both runs
@@ -35,12 +37,15 @@ def test_calibrate_stores_noise_per_target(compare_runs: CompareRuns) -> None:
 
 
 def test_aa_against_a_third_run_moves_nothing(compare_runs: CompareRuns) -> None:
-    # The floor is the noise of the first two runs; the judged pair is the second and a third
-    changes = compare(compare_runs.second, compare_runs.third, Store(compare_runs.db).noise("tiny-compare"))
+    # Out of sample: the floor is the noise of the first two runs, the judged pair the second
+    # and the third. On an idle machine most timings read unchanged; with a CPU-bound process
+    # running throughout, a third run's drift often exceeds a floor set by one pair, and they
+    # read "too noisy to tell": what matters is that nothing moves.
+    changes = compare(compare_runs.second, compare_runs.third, aa_noise([compare_runs.first, compare_runs.second]))
     assert len(changes) >= 12
     assert {c.metric: c.verdict for c in changes if c.verdict in MOVED} == {}
-    unchanged = [c.metric for c in changes if c.verdict == "unchanged"]
-    assert len(unchanged) >= 0.75 * len(changes), {c.metric: c.verdict for c in changes}
+    verdicts = {c.metric: c.verdict for c in changes}
+    assert {verdicts[m] for m in ("weights_bytes", "kv_cache_bytes", "agreement_with_baseline")} == {"unchanged"}
     assert all(c.ratio.kind == "ci95" and c.ratio.processes == 6 for c in changes)
 
 
@@ -55,6 +60,8 @@ def test_aa_with_a_busy_core_regresses_nothing(compare_runs: CompareRuns) -> Non
 
 
 def test_cli_aa_compare_exits_0(compare_runs: CompareRuns, tmp_path: Path) -> None:
+    # the stored floor covers this pair (both were calibration runs): this checks the command's
+    # exit code and summary, the out-of-sample A/A is the test above
     summary = tmp_path / "summary.md"
     done = harness("compare", compare_runs.second["run_id"], compare_runs.third["run_id"], "--db", str(compare_runs.db),
                    "--markdown", str(summary))
@@ -76,7 +83,9 @@ def test_a_slower_decode_regresses_decode_only(compare_runs: CompareRuns, tmp_pa
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
     changes = {c.metric: c for c in compare(compare_runs.third, compare_runs.slowed,
                                             Store(compare_runs.db).noise("tiny-compare"))}
-    assert {name: changes[name].verdict for name in SPEED} == dict.fromkeys(SPEED, "regressed"), changes
+    assert {name: changes[name].verdict for name in DECODE} == dict.fromkeys(DECODE, "regressed"), changes
+    # e2e_ms moves less (TTFT is about half of it and unslowed): regressed, or too noisy under load
+    assert changes["e2e_ms"].verdict in ("regressed", "too noisy to tell") and changes["e2e_ms"].ratio.value > 1
     assert {name: changes[name].verdict for name in UNSLOWED if changes[name].verdict == "regressed"} == {}
     text = summary.read_text()
     assert f"against `{compare_runs.third['run_id']}` (last good)" in text  # the latest un-slowed run
@@ -104,6 +113,12 @@ def test_compare_needs_two_runs_or_against(compare_runs: CompareRuns) -> None:
     done = harness("compare", compare_runs.first["run_id"], "--db", str(compare_runs.db))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "give BASELINE and CURRENT" in done.stderr
+
+
+def test_calibrate_needs_two_runs_or_more(tmp_path: Path) -> None:
+    done = harness("calibrate", str(write_scenario(tmp_path)), "--runs", "1", "--db", str(tmp_path / "r.sqlite"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--runs: need a whole number of at least 2, got '1'" in done.stderr
 
 
 # -- the rule, on made-up process values (no timing involved) --------------------------

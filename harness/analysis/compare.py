@@ -23,6 +23,7 @@ so a floor can be reached in both directions whatever its size.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -162,15 +163,22 @@ def regressions(changes: Iterable[Change]) -> list[Change]:
     return [c for c in changes if c.verdict == "regressed"]
 
 
-def aa_noise(first: dict, second: dict) -> dict[tuple[str, str], float]:
-    """Noise per (target key, metric) from two runs of the same build (A/A): how far from 1
-    (`change_size`) the interval (or range) of their ratio reaches, the largest over the variants."""
+def aa_noise(runs: list[dict]) -> dict[tuple[str, str], float]:
+    """Noise per (target key, metric) from runs of the same build (A/A): how far from 1
+    (`change_size`) the interval (or range) of a pair's ratio reaches, the largest over the
+    pairs and variants.
+
+    Each run shifts all its processes alike (the machine's state when it ran), and a pair
+    shows one draw of that drift; more runs, more draws: with two, the next A/A pair's drift
+    exceeds the floor about half the time when drift dominates the processes' own noise.
+    """
     noise: dict[tuple[str, str], float] = {}
-    for _, target, name, base, measured, _ in _paired_metrics(first, second):
-        lo, hi = ratio_between_runs(Observations.of(measured), Observations.of(base)).interval
-        reach = max(change_size(lo), change_size(hi))
-        if math.isfinite(reach):
-            noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
+    for first, second in itertools.combinations(runs, 2):
+        for _, target, name, base, measured, _ in _paired_metrics(first, second):
+            lo, hi = ratio_between_runs(Observations.of(measured), Observations.of(base)).interval
+            reach = max(change_size(lo), change_size(hi))
+            if math.isfinite(reach):
+                noise[(target, name)] = max(noise.get((target, name), 0.0), reach)
     return noise
 
 
