@@ -12,7 +12,7 @@ from harness.engine.ds2d import BudgetController, generate, tree_mask, verify
 MODEL = "smollm2-135m-instruct"
 PAPER = pathlib.Path(__file__).parent.parent / "fixtures" / "prompts" / "paper.jsonl"
 KINDS = ("summarize", "rewrite", "qa", "code", "open")
-MAX_NEW = 48
+MAX_NEW = 32
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def runs(engine: Engine) -> dict[str, tuple[Generation, Generation]]:
-    """(greedy, DS2D) for the first 2 prompts of each kind, chat template, 48 new tokens."""
+    """(greedy, DS2D) for the first 2 prompts of each kind, chat template, 32 new tokens."""
     prompts = [json.loads(line) for line in PAPER.read_text().splitlines()]
     chosen = [p for kind in KINDS for p in [p for p in prompts if p["kind"] == kind][:2]]
     out = {}
