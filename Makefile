@@ -2,9 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# llama.cpp (the peer engine for parity tests) must be built without native CPU tuning:
-# the native build crashes on AVX-512/AMX machines.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 
 .PHONY: demo test bench install clean
 
@@ -38,7 +35,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	# The report's browser test drives Debian's Chromium through its chromedriver (CI runs as root).
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# llama.cpp (the parity peer) with the instruction sets this CPU has, read from /proc/cpuinfo
+	# (harness/runtimes/build.py): an AVX-512 build dies with SIGILL on a CPU without AVX-512.
+	CMAKE_ARGS="$$($(BIN)/python -m harness.runtimes.build --cmake-args)" \
+		$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 clean:
