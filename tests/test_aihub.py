@@ -204,9 +204,11 @@ def test_a_job_that_never_finishes_times_out_with_its_ids_stored(hub: Emulator, 
     [result] = document["results"]
     assert result["status"] == "failed" and "not finished after 30 s" in result["error"]
     assert [j["kind"] for j in result["jobs"]].count("compile") == 2
-    # names the one job that did not finish, with its link: a job the result recorded
-    [(job_id, url)] = re.findall(r"(\S+) \((http[^)]+)\)", result["error"].split("(workload.timeout_s): ")[1])
-    assert {"job_id": job_id, "url": url} in [{k: j.get(k) for k in ("job_id", "url")} for j in result["jobs"]]
+    # names the jobs that did not finish, with their links, all of them jobs the result recorded: the
+    # hanging one, and on a loaded machine the other compile too, if it was not done within 30 s
+    named = re.findall(r"(\S+) \((http[^)]+)\)", result["error"].split("(workload.timeout_s): ")[1])
+    recorded = [(j.get("job_id"), j.get("url")) for j in result["jobs"]]
+    assert 1 <= len(named) <= 2 and all(job in recorded for job in named), (named, recorded)
 
 
 def test_a_rejected_token_fails_every_result_with_a_clear_message(hub: Emulator, cache: Path, tmp_path: Path) -> None:
