@@ -16,6 +16,7 @@ from harness.runtimes.report import ToolOutputError
 
 DATA = Path(__file__).parent / "data" / "runtimes"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.txt"))
+HOST_RUN = "llamacpp_completion_host_0c1e570"  # our own build's run: its stdout and stderr apart
 
 
 def sample(name: str) -> str:
@@ -66,8 +67,10 @@ WITHOUT_TIMINGS = {"llamacpp_lookup_pr5450_old_stats"}
 
 
 def test_every_sample_names_its_source_and_is_checked() -> None:
-    assert SAMPLES and all((DATA / f"{name}.source.md").is_file() for name in SAMPLES)
-    assert set(SAMPLES) == set(LLAMACPP) | set(EXECUTORCH) | set(GENIE) | WITHOUT_TIMINGS
+    sources = {name.removesuffix("_stdout").removesuffix("_stderr") for name in SAMPLES}
+    assert sources and all((DATA / f"{name}.source.md").is_file() for name in sources)
+    assert sources == set(LLAMACPP) | set(EXECUTORCH) | set(GENIE) | WITHOUT_TIMINGS | {
+        HOST_RUN, "llamacpp_version_host_0c1e570"}
 
 
 @pytest.mark.parametrize("name", sorted(LLAMACPP))
@@ -92,14 +95,13 @@ def test_llamacpp_reads_every_prefix_and_its_tool_statistics() -> None:
     assert report.fields["decoded tokens"] == 108 and "decode_tokens_per_s" not in report.counters
 
 
-def test_llamacpp_log_prefix_and_build_line() -> None:
-    # what common_init() prints with its default log prefix (M.SS.mmm.uuu and the level)
-    stderr = ("0.00.000.412 I build: 1 (0c1e570) with cc for x86_64-linux-gnu\n"
-              + "\n".join(f"0.01.234.567 I {line}" for line in
-                          sample("llamacpp_common_perf_print_pr17382_intro").splitlines()))
-    report = llamacpp.parse("completion", "Paris", stderr)
-    assert report.counters == pytest.approx(LLAMACPP["llamacpp_common_perf_print_pr17382_intro"][1], rel=2e-3)
-    assert report.version == "b1 (0c1e570)" and report.texts == ["Paris"]
+def test_llamacpp_host_run_with_the_log_prefix() -> None:
+    # stderr lines start "0.01.110.506 I " (common_init's default); the text is stdout alone
+    report = llamacpp.parse("completion", sample(f"{HOST_RUN}_stdout"), sample(f"{HOST_RUN}_stderr"))
+    assert report.counters == pytest.approx({"load_ms": 515.06, "prefill_tokens_per_s": 85.34,
+                                             "decode_tokens_per_s": 58.95}, rel=2e-3)
+    assert report.texts[0].startswith(" Paris.") and report.fields["eval runs"] == 15
+    assert llamacpp.version(sample("llamacpp_version_host_0c1e570")) == "0.5.0-dev (build 1, commit 0c1e570)"
 
 
 @pytest.mark.parametrize("name", sorted(EXECUTORCH))

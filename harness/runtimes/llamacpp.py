@@ -29,7 +29,7 @@ _TIMING = re.compile(r"^" + _LOG_PREFIX + r"\w*:\s+(?P<what>load|prompt eval|eva
 _DECODED = re.compile(r"^" + _LOG_PREFIX + r"(?:\w+: )?(?P<what>encoded|decoded)\s+(?P<n>\d+) tokens in\s+(?P<s>[\d.]+) s"
                       r"(?:econds)?, speed:\s*(?P<speed>[\d.]+) t/s", re.M)
 _STAT = re.compile(r"^" + _LOG_PREFIX + r"(?P<name>n_draft|n_predict|n_drafted|n_accept)\s*=\s*(?P<n>\d+)\s*$", re.M)
-_BUILD = re.compile(r"^" + _LOG_PREFIX + r"build: (?P<number>\d+) \((?P<commit>[0-9a-f]+)\)", re.M)
+_VERSION = re.compile(r"^version: (.+)$", re.M)
 _SEQUENCE = re.compile(r"^sequence (\d+):\n\n(.*?)\n\n", re.M | re.S)
 
 
@@ -41,12 +41,16 @@ def parse(tool: str, stdout: str, stderr: str) -> ToolReport:
     if "eval time ms" not in fields and "decoded tokens" not in fields:
         raise ToolOutputError(f"llama-{tool}", "timing lines", stderr)
     values, sources = _counters(tool, fields)
-    build = _BUILD.search(stderr)
     return ToolReport(
         tool=f"llama-{tool}", fields=fields, counters=values, sources=sources,
         texts=[text for _, text in _SEQUENCE.findall(stdout)] if tool == "batched" else [stdout],
-        version=f"b{build['number']} ({build['commit']})" if build else None,
     )
+
+
+def version(output: str) -> str | None:
+    """What `llama-TOOL --version` prints (to stderr): 'version: 0.5.0-dev (build 1, commit 0c1e570)'."""
+    m = _VERSION.search(output)
+    return m[1].strip() if m else None
 
 
 def _fields(stderr: str) -> dict[str, float]:
