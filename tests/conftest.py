@@ -121,7 +121,8 @@ class CompareRuns:
     first: dict  # the three A/A runs of `harness calibrate`, whose noise is stored
     second: dict
     third: dict
-    slowed: dict  # the run with the delay knob, judged against `third` (last good)
+    fourth: dict  # a plain run after them: A/A against `third`, out of the calibration's sample
+    slowed: dict  # the run with the delay knob, judged against `fourth` (last good)
     loaded: dict  # a run with a CPU-bound process on one core throughout, in its own store
     delay_ms: float
     calibrate: subprocess.CompletedProcess
@@ -131,16 +132,18 @@ class CompareRuns:
 
 @pytest.fixture(scope="session")
 def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
-    """Five real runs of a tiny scenario, once per session: `harness calibrate` (three A/A
-    runs, their noise stored), then `pytest` on the scenario with the delay knob (see
-    SLOWDOWN) and `--harness-against last-good` (the regression run, with JUnit XML); and,
-    in a store of its own so history and last-good never see it, a run while another
-    process keeps one core busy."""
+    """Six real runs of a tiny scenario, once per session: `harness calibrate` (three A/A
+    runs, their noise stored), a fourth plain run, then `pytest` on the scenario with the
+    delay knob (see SLOWDOWN) and `--harness-against last-good` (the regression run, with
+    JUnit XML); and, in a store of its own so history and last-good never see it, a run
+    while another process keeps one core busy."""
     out = tmp_path_factory.mktemp("compare")
     scenario = write_scenario(out / "scenarios", TINY_PROMPTS, **TINY)
     db, junit = out / "results.sqlite", out / "junit.xml"
     calibrate = harness("calibrate", str(scenario), "--db", str(db), "--runs", "3")
     assert calibrate.returncode == 0, calibrate.stderr[-2000:]
+    fourth = harness("run", str(scenario), "--db", str(db))
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
     store = Store(db)
     quiet = build_results(store, store.runs("tiny-compare")[-1].run_id)["results"][0]["metrics"]
     noise = store.noise("tiny-compare").get(("local", "decode_tokens_per_s"), 0.0)
@@ -149,7 +152,7 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     plugin = subprocess.run([sys.executable, "-m", "pytest", str(scenario), "-p", "no:cacheprovider", "-q",
                              "--harness-db", str(db), "--harness-against", "last-good", "--junitxml", str(junit)],
                             cwd=out, env=env, capture_output=True, text=True)
-    first, second, third, slowed = (build_results(store, r.run_id) for r in store.runs("tiny-compare"))
+    first, second, third, fourth_run, slowed = (build_results(store, r.run_id) for r in store.runs("tiny-compare"))
     store.close()
     loaded_db = out / "loaded.sqlite"
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -162,7 +165,7 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     loaded_store = Store(loaded_db)
     loaded = build_results(loaded_store)
     loaded_store.close()
-    return CompareRuns(db, first, second, third, slowed, loaded, delay_ms, calibrate, plugin, junit)
+    return CompareRuns(db, first, second, third, fourth_run, slowed, loaded, delay_ms, calibrate, plugin, junit)
 
 
 # The synthetic store's runs: from STEP_RUN on, fp32-s1-greedy decodes 40 % slower and the

@@ -23,7 +23,7 @@ def test_slowed_nightly_is_a_step(compare_runs: CompareRuns) -> None:
     series = {s.metric: s for s in history(Store(compare_runs.db), "tiny-compare")}
     assert [(p.run_id, p.step) for p in series["decode_tokens_per_s"].steps] == [
         (compare_runs.slowed["run_id"], "regressed")]
-    # nothing else steps: not the unslowed counters, not any counter between the three quiet runs
+    # nothing else steps: not the unslowed counters, not any counter between the four quiet runs
     assert {m: [p.run_id for p in s.steps] for m, s in series.items() if s.steps and m not in (
         "decode_tokens_per_s", "itl_ms", "e2e_ms")} == {}
     assert all(p.run_id == compare_runs.slowed["run_id"] for s in series.values() for p in s.steps)
