@@ -142,8 +142,8 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     db, junit = out / "results.sqlite", out / "junit.xml"
     calibrate = harness("calibrate", str(scenario), "--db", str(db), "--runs", "3")
     assert calibrate.returncode == 0, calibrate.stderr[-2000:]
-    fourth = harness("run", str(scenario), "--db", str(db))
-    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    plain = harness("run", str(scenario), "--db", str(db))
+    assert plain.returncode == 0, plain.stderr[-2000:]
     store = Store(db)
     quiet = build_results(store, store.runs("tiny-compare")[-1].run_id)["results"][0]["metrics"]
     noise = store.noise("tiny-compare").get(("local", "decode_tokens_per_s"), 0.0)
@@ -152,7 +152,7 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     plugin = subprocess.run([sys.executable, "-m", "pytest", str(scenario), "-p", "no:cacheprovider", "-q",
                              "--harness-db", str(db), "--harness-against", "last-good", "--junitxml", str(junit)],
                             cwd=out, env=env, capture_output=True, text=True)
-    first, second, third, fourth_run, slowed = (build_results(store, r.run_id) for r in store.runs("tiny-compare"))
+    first, second, third, fourth, slowed = (build_results(store, r.run_id) for r in store.runs("tiny-compare"))
     store.close()
     loaded_db = out / "loaded.sqlite"
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -165,7 +165,7 @@ def compare_runs(tmp_path_factory: pytest.TempPathFactory) -> CompareRuns:
     loaded_store = Store(loaded_db)
     loaded = build_results(loaded_store)
     loaded_store.close()
-    return CompareRuns(db, first, second, third, fourth_run, slowed, loaded, delay_ms, calibrate, plugin, junit)
+    return CompareRuns(db, first, second, third, fourth, slowed, loaded, delay_ms, calibrate, plugin, junit)
 
 
 # The synthetic store's runs: from STEP_RUN on, fp32-s1-greedy decodes 40 % slower and the
