@@ -41,10 +41,12 @@ LLAMACPP = {
     "llamacpp_print_timings_issue9353_b3678_total_tokens": ("completion", {"load_ms": 1933.61,
                                                                            "prefill_tokens_per_s": 53.37,
                                                                            "decode_tokens_per_s": 48.57}),
-    # K sequences in one batch: its decoded line sums the streams, so no per-request decode rate
-    "llamacpp_batched_readme_print_timings": ("batched", {"load_ms": 587.00, "prefill_tokens_per_s": 28.86}),
+    # K sequences in one batch: its decoded line sums the streams, so no per-request decode rate;
+    # libllama counts each K-token step as prompt eval too, so no prefill rate either
+    "llamacpp_batched_readme_print_timings": ("batched", {"load_ms": 587.00, "batch_decode_tokens_per_s": 30.26}),
     "llamacpp_lookahead_pr4207_print_timings": ("lookahead", {"load_ms": 1009.26, "prefill_tokens_per_s": 816.60,
-                                                              "decode_tokens_per_s": 17.63}),
+                                                              "decode_tokens_per_s": 17.63,
+                                                              "accepted_tokens": 0}),
 }
 # name -> counters as its stats lines print them (seconds there, ms here)
 EXECUTORCH = {

@@ -40,7 +40,7 @@ def request_samples(event: Request, repetition: int, reference: str | list[str] 
     the style score where the output's adapter has style markers."""
     times = event.token_times_s
     prompt_id = event.prompt_id
-    samples = [Sample("e2e_ms", event.e2e_s * 1e3, repetition, prompt_id)]
+    samples = [] if event.e2e_s is None else [Sample("e2e_ms", event.e2e_s * 1e3, repetition, prompt_id)]
     if times:
         ttft = times[0]
         samples.append(Sample("ttft_ms", ttft * 1e3, repetition, prompt_id))

@@ -18,7 +18,7 @@ from harness.measure import counters
 from harness.measure.style import load_markers
 from harness.measure.environment import host_environment
 from harness.errors import HarnessError
-from harness.run import protocol
+from harness.run import native, protocol
 from harness.run.protocol import Job
 from harness.spec.scenario import Scenario, Variant, load_scenario
 from harness.store import Store
@@ -126,6 +126,7 @@ class _BaselineOutputs:
 
     def __init__(self) -> None:
         self.tokens: dict[tuple[str, int, str], list[int]] = {}
+        self.texts: dict[tuple[str, int, str], str] = {}
         self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
 
 
@@ -176,7 +177,7 @@ class _Measurement:
                 self.store.add_device_state(self.run_id, self.variant.key, target_key, self.repetition, phase, state)
                 self._store(counters.device_samples(event, self.repetition))
             case protocol.Counters():
-                self._store(counters.target_samples(event, self.repetition))
+                self._store(counters.target_samples(event, self.repetition), event.warmup)
             case protocol.RemoteJob(record=record):
                 self.store.add_job(self.run_id, self.variant.key, target_key, self.repetition, record)
             case _:
@@ -187,16 +188,26 @@ class _Measurement:
         key = (self.target.info.key, self.repetition, prompt_id)
         base_model_output = event.adapter is None  # adapter outputs differ from the baseline on purpose
         if self.is_baseline and not warmup and base_model_output:
-            self.baseline.tokens[key] = event.token_ids
+            self.baseline.tokens[key], self.baseline.texts[key] = event.token_ids, event.text
         samples = counters.request_samples(
             event, self.repetition, self.references[prompt_id],
-            self.baseline.tokens.get(key) if base_model_output else None,
+            self._baseline_tokens(key) if base_model_output else None,
             self.style_markers.get(event.adapter),
         )
         self._store(samples, warmup)
         if not warmup:
             self.store.add_output(self.run_id, self.variant.key, self.target.info.key, self.repetition,
                                   prompt_id, event.adapter, event.text, event.token_ids)
+
+    def _baseline_tokens(self, key: tuple[str, int, str]) -> list[int] | None:
+        """What the output is compared with. A native tool's token ids are its text re-tokenized
+        (it prints no ids), so they meet the baseline's text re-tokenized the same way: equal
+        texts agree fully even where the tokenizer segments a text otherwise than it was generated."""
+        tokens = self.baseline.tokens.get(key)
+        if tokens is None or self.variant.runtime == "reference" or self.scenario.baseline.runtime != "reference":
+            return tokens
+        ended = bool(tokens) and tokens[-1] == native.eos_id(self.scenario.spec.model)
+        return native.text_tokens(self.scenario.spec.model, self.baseline.texts[key], len(tokens), ended)
 
     def _store(self, samples: list[counters.Sample], warmup: bool = False) -> None:
         self.store.add_samples(self.run_id, self.variant.key, self.target.info.key, samples, warmup)

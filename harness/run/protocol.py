@@ -3,7 +3,7 @@
 On the wire each event is one JSON line, `{"event": NAME, **fields}`; `parse` is the one
 place a line becomes an event and `line` the one place an event becomes a line.
 
-The runner (`harness.run.runner`, or a native runtime's adapter) sends, in order:
+The runner (`harness.run.runner`) sends, in order:
 `Loaded`, one `Request` per output, `Measured` (the timed work is over), then the
 untimed fidelity work (`Teacher` from the baseline, `Fidelity` from the others), `Done`;
 or `Error` at any point. After `Done` it waits for stdin to close, so the target can
@@ -11,7 +11,8 @@ still read its memory.
 
 Targets pass those on, except `Measured`, in whose place they send what they measured
 themselves: `Process` (the runner's memory) and `State` (host or device state, before
-and after). A target that runs no runner (aihub) sends `Counters` and `RemoteJob` records.
+and after). A target that runs no runner (aihub), or a native tool (`harness.run.native`),
+sends `Counters` and `RemoteJob` records instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Job:
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
-    runtime: str = "reference"  # what serves the variant on a device: a name in targets.adb.runtimes.RUNTIMES
+    tools_dir: str | None = None  # a native runtime's binaries for the device (default: the host build)
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -78,8 +79,8 @@ class Request(Event, name="sample"):
     prompt_tokens: int
     token_ids: list[int]
     text: str
-    token_times_s: list[float]  # from request start, one per generated token
-    e2e_s: float
+    token_times_s: list[float]  # from request start, one per generated token; [] from a native tool (it gives none)
+    e2e_s: float | None  # None from a native tool: it times prompt eval and eval, not the request
     adapter: str | None = None
     stats: dict = field(default_factory=dict)  # technique counters measured in the runner (metrics.STATS_METRICS)
 
@@ -139,11 +140,12 @@ class State(Event, name="device"):
 
 @dataclass(frozen=True)
 class Counters(Event, name="counters"):
-    """Measurements a target made itself (aihub): metric -> value or list of values."""
+    """Measurements a target made itself (aihub) or a native tool reported: metric -> value or list of values."""
 
     prompt_id: str | None
     counters: dict
     adapter: str | None = None
+    warmup: bool = False
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,23 @@ from __future__ import annotations
 import json
 import re
 
+from typing import TYPE_CHECKING
+
 from harness.runtimes.report import ToolOutputError, ToolReport, counters, rate
 
+if TYPE_CHECKING:
+    from harness.spec.variant import Variant
+
 _OBSERVER = re.compile(r"^PyTorchObserver (\{.*\})\s*$", re.M)
+
+
+def problem(variant: Variant) -> str | None:
+    """Why llama_main cannot serve `variant`, or None: it runs one exported .pte, one stream, greedy."""
+    if variant.streams > 1 or variant.decoding != "greedy" or variant.adapters:
+        return "runs one stream, greedy, without adapters (one exported .pte program)"
+    if variant.lora_mode != "runtime" or variant.graph != "eager":
+        return "serves lora_mode 'runtime' and graph 'eager' (its graph is the exported program)"
+    return None
 
 
 def parse(stdout: str, stderr: str) -> ToolReport:

@@ -24,6 +24,7 @@ from pydantic import (
 
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
+from harness.runtimes import prompt_problem
 from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
@@ -185,6 +186,7 @@ def load_scenario(path: str | Path) -> Scenario:
                                f"kinds: {', '.join(sorted({p.kind for p in prompts}))}")
     adapters_dir = (path.parent / spec.adapters_dir).resolve()
     _check_adapters(path, adapters_dir, variants)
+    _check_prompts(path, variants, prompts)
     # Baseline first: agreement_with_baseline and kld_vs_baseline are then computed as soon
     # as each sample exists.
     variants.sort(key=lambda v: v != baseline)
@@ -201,6 +203,14 @@ def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Vari
             f"variants: {', '.join(v.key for v in variants)}"
         )
     return chosen[0]
+
+
+def _check_prompts(path: Path, variants: list[Variant], prompts: list[Prompt]) -> None:
+    for variant in variants:
+        for prompt in prompts:
+            if why := prompt_problem(variant, prompt.template):
+                raise HarnessError(f"{path}: variants: variant {variant.key}: {why}; "
+                                   f"prompt {prompt.id!r} has template {prompt.template!r}")
 
 
 def _check_adapters(path: Path, adapters_dir: Path, variants: list[Variant]) -> None:

@@ -4,6 +4,7 @@
 fields: `VariantSpec` (one explicit variant), `VariantMatrix` (a list of values per axis)
 and `VariantSelector` (every axis optional), so an axis is added here and nowhere else.
 The engine reads the allowed values from here too (`PRECISIONS`, `GRAPHS`, `PREFILLS`).
+What each runtime can serve is declared by the runtime (`harness.runtimes.problem`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model, model_validator
 
+from harness.runtimes import problem as runtime_problem
+
 PRECISIONS = ("fp32", "fp16", "int4")
-DECODINGS = ("greedy", "ds2d")
+# ds2d: the reference engine's; lookahead, lookup: llama.cpp's draft-free self-speculation;
+# ssd: Genie's self-speculative dialog (ssd-q1)
+DECODINGS = ("greedy", "ds2d", "lookahead", "lookup", "ssd")
+RUNTIMES = ("reference", "llamacpp", "genie", "executorch")  # what serves the variant (harness/runtimes/)
 LORA_MODES = ("runtime", "merged")  # runtime: adapter bank as forward inputs; merged: weights merged per adapter
 PREFILLS = ("per_stream", "shared")  # multi-stream prompt mode: per stream (exact) or shared
 GRAPHS = ("eager", "compiled")  # the decode step run op by op, or compiled by torch.compile
@@ -41,6 +47,7 @@ class Variant:
     lora_mode: str = _axis("runtime", LORA_MODES)
     prefill: str = _axis("per_stream", PREFILLS)
     graph: str = _axis("eager", GRAPHS)  # compiled: local and adb targets
+    runtime: str = _axis("reference", RUNTIMES)
 
     @property
     def key(self) -> str:
@@ -53,6 +60,8 @@ class Variant:
             parts.append(f"{self.prefill}-prefill")
         if self.graph != "eager":
             parts.append(self.graph)
+        if self.runtime != "reference":
+            parts.append(self.runtime)
         return "-".join(parts)
 
     def as_dict(self) -> dict:
@@ -63,23 +72,15 @@ class Variant:
         return cls(**{**values, "adapters": tuple(values.get("adapters", ()))})
 
     def problem(self) -> str | None:
-        """Why this combination cannot run, or None (checked at load, not half-way through a run)."""
+        """Why this combination cannot run, or None (checked at load, not half-way through a run):
+        first what no runtime could make of it, then what its runtime cannot serve."""
         if self.streams > 1 and len(self.adapters) not in (0, self.streams):
             return f"{self.streams} streams need {self.streams} adapters (one per stream) or none"
-        if self.streams > 1 and self.decoding != "greedy":
-            return f"decoding {self.decoding!r} runs one stream; multi-stream decoding is greedy"
         if self.lora_mode == "merged" and (self.streams > 1 or not self.adapters):
             return "lora_mode 'merged' needs adapters and one stream (merged weights serve one adapter at a time)"
-        if self.lora_mode == "merged" and self.precision == "int4":
-            return "lora_mode 'merged' needs fp32 or fp16 weights (merging into int4 would requantize)"
-        if self.adapters and self.decoding != "greedy":
-            return f"decoding {self.decoding!r} with adapters is not supported yet; supported: greedy"
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
-        if self.graph == "compiled" and (self.streams > 1 or self.decoding != "greedy" or self.adapters):
-            return ("graph 'compiled' is not supported yet with streams, DS2D or adapters; "
-                    "supported: one stream, greedy, no adapters")
-        return None
+        return runtime_problem(self)
 
 
 class Strict(BaseModel):

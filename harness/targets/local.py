@@ -1,9 +1,12 @@
-"""The local target: the runner as a child process of the harness, on this host."""
+"""The local target: the runner as a child process of the harness, on this host; or, for a
+native runtime, its host build's tools, one child process per request (`harness.run.native`)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.measure import timev
 from harness.measure.host import CpuTimes, cpu_model, host_state, peak_rss_bytes, pss_bytes, reset_peak_rss
-from harness.run import protocol
+from harness.run import native, protocol
 from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
 
@@ -31,8 +35,9 @@ class LocalTarget:
         )
 
     def run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
-        if job.runtime != "reference":
-            raise TargetError(f"the local target runs the reference engine only; runtime {job.runtime!r} runs on a device")
+        if job.variant["runtime"] != "reference":
+            yield from self._native(job, timeout_s)
+            return
         with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
             job_path = Path(tmp) / "job.json"
             job.dump(job_path)
@@ -49,6 +54,38 @@ class LocalTarget:
                     if process.poll() is None:
                         process.kill()
                     process.wait()
+
+
+    def _native(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
+        deadline = time.monotonic() + timeout_s
+        with tempfile.TemporaryDirectory(prefix="harness-native-") as tmp:
+            folder = Path(tmp)
+            try:
+                plan = native.plan(job)
+                for relative, local in plan.files.items():  # the deployment, linked in place
+                    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / relative).symlink_to(local.resolve())
+                yield protocol.State("before", host_state())
+                yield from native.events(job, plan, lambda argv, env, left: _execute(folder, argv, env, left), deadline)
+            except native.ToolFailed as exc:
+                raise TargetError(str(exc)) from None
+            except TimeoutError:
+                raise TargetError(f"runtime {job.variant['runtime']!r} timed out after {timeout_s:g} s") from None
+            yield protocol.State("after", host_state())
+
+
+def _execute(folder: Path, argv: list[str], env: dict[str, str], timeout_s: float) -> native.Outcome:
+    """One tool process in `folder`, under `time -v` (harness/measure/timev.py) for its peak RSS."""
+    process = subprocess.Popen([sys.executable, "-S", timev.__file__, "-v", *argv], cwd=folder,
+                               env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # time and the tool
+        process.communicate()
+        raise TimeoutError from None
+    return native.Outcome(process.returncode, stdout, *timev.split(stderr))
 
 
 def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float,

@@ -23,6 +23,7 @@ import psutil
 
 from harness.emulators.adb import tools
 from harness.emulators.adb.profiles import Profile
+from harness.measure import timev
 from harness.measure.host import cpu_mhz, has_cpufreq, rss_bytes
 
 WRITABLE = ("/data/local/tmp", "/sdcard")
@@ -80,9 +81,11 @@ class EmulatedDevice:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         props = {**self.profile.props, "ro.serialno": self.serial}
         (self.root / "hil/build.prop").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        for name, script in (("getprop", tools.GETPROP), ("dumpsys", tools.DUMPSYS)):
+        scripts = {"getprop": tools.GETPROP.format(root=self.root), "dumpsys": tools.DUMPSYS.format(root=self.root),
+                   "time": f"#!{sys.executable} -S\n" + Path(timev.__file__).read_text()}
+        for name, script in scripts.items():
             path = self.root / "system/bin" / name
-            path.write_text(script.format(root=self.root))
+            path.write_text(script)
             path.chmod(0o755)
         for index, kind in enumerate(THERMAL_ZONES):
             zone = self.root / f"sys/class/thermal/thermal_zone{index}"

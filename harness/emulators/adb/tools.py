@@ -2,6 +2,7 @@
 
 They print what Android prints (format of Android 14/15), from the sandbox's state files
 and, for `dumpsys meminfo`, from the real `/proc/<pid>/smaps_rollup` of the host process.
+(Its `time` is `harness/measure/timev.py`, toybox's `time -v` for this host.)
 """
 
 GETPROP = r"""#!/bin/sh
