@@ -19,7 +19,7 @@ test: $(VENV)/.installed-test
 
 # Speed goals with budgets; meaningful only on an otherwise idle machine.
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -s tests/benchmarks scenarios/demo.yaml scenarios/paper.yaml scenarios/graph.yaml
+	$(BIN)/python -m pytest -s tests/benchmarks scenarios/demo.yaml scenarios/paper.yaml scenarios/graph.yaml scenarios/runtimes-bench.yaml
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	# (harness/runtimes/build.py): an AVX-512 build dies with SIGILL on a CPU without AVX-512.
 	CMAKE_ARGS="$$($(BIN)/python -m harness.runtimes.build --cmake-args)" \
 		$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# llama.cpp's tools from the same tree, the llamacpp runtime's host build (about 5 minutes
+	# the first time, then cached in ~/.cache/hil-harness/llama.cpp)
+	$(BIN)/python -m harness.runtimes.build
 	touch $@
 
 clean:

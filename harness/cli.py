@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the runs in the store")
     listing.add_argument("--db", type=Path, default=DEFAULT_DB)
 
-    commands.add_parser("devices", help="list the devices attached to the adb server, with their identity")
+    commands.add_parser("devices", help="list the devices attached to the adb server: identity, runtimes deployed")
     cleanup = commands.add_parser("cleanup", help=f"remove the harness folder ({FOLDER}) from adb devices")
     cleanup.add_argument("serial", nargs="*", help="devices (default: every attached device)")
 
@@ -377,11 +377,13 @@ def _cell(metric: dict) -> str:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     table = Table("serial", "model", "SoC", "platform", "SDK", "emulated")
+    table.add_column("runtimes deployed", overflow="fold")
     table.add_column("fingerprint", overflow="fold")
     for target in open_adb_targets(None):
         info = target.info
+        runtimes = "\n".join(f"{name}: {version}" for name, version in target.deployed_runtimes().items())
         table.add_row(info.serial, info.model, info.soc, info.platform, info.sdk, "yes" if info.emulated else "no",
-                      info.fingerprint)
+                      runtimes or "none", info.fingerprint)
     _wide(stderr=False).print(table)
     return 0
 

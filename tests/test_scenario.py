@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO, harness, write_scenario
+from harness import runtimes
 from harness.errors import HarnessError
 from harness.spec.scenario import Variant, load_scenario
 
@@ -44,6 +45,13 @@ BAD = {
     "negative repetitions": ({"workload": {"prompts": "prompts.jsonl", "repetitions": -1}}, "workload.repetitions", "greater than 0"),
     "missing prompts file": ({"workload": {"prompts": "nowhere.jsonl"}}, "workload.prompts", "file not found"),
     "unknown key": ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+    "unknown runtime": ({"variants": {"runtime": ["mlc"]}}, "variants.runtime.0", "'reference', 'llamacpp', 'genie' or"),
+    "runtime cannot serve": ({"variants": {"runtime": ["llamacpp"], "precision": ["fp16"], "adapters": [["formal"]]}},
+                             "variants", "variant fp16-s1-greedy-formal-llamacpp: runtime 'llamacpp': LoRA adapters"),
+    "chat prompt to llama-batched": ({"variants": {"include": [{"runtime": "llamacpp", "streams": 2,
+                                                               "prefill": "shared"}]},
+                                      "baseline": {"runtime": "reference"}},
+                                     "variants", "takes raw prompts only; prompt 'capital' has template 'chat'"),
     "wrong type": ({"workload": {"prompts": "prompts.jsonl", "max_new_tokens": "many"}}, "workload.max_new_tokens", "valid integer"),
     "unknown target": ({"targets": ["toaster"]}, "targets", "allowed: local"),
     "unknown budget metric": ({"budgets": [{"metric": "speed", "max": 1}]}, "budgets.0.metric", "allowed: load_ms"),
@@ -99,9 +107,16 @@ def test_variant_keys_name_non_default_modes() -> None:
     ({"prefill": "shared"}, "'shared' needs more than one stream"),
     ({"precision": "int4", "adapters": ("a",), "lora_mode": "merged"}, "merging into int4 would requantize"),
     ({"decoding": "ds2d", "graph": "compiled"}, "graph 'compiled' is not supported yet"),
+    ({"decoding": "lookup"}, "runtime 'reference': no decoding 'lookup'"),
+    ({"runtime": "llamacpp", "decoding": "ds2d"}, "runtime 'llamacpp': no decoding 'ds2d'"),
+    ({"runtime": "llamacpp", "streams": 2, "adapters": ("a", "b"), "prefill": "shared"},
+     "cannot give the sequences of one batch different LoRA adapters"),
+    ({"runtime": "llamacpp", "streams": 2}, "prefill 'shared'"),
+    ({"runtime": "genie"}, "runtime 'genie': runs QNN context binaries compiled for fp16 or int4"),
+    ({"runtime": "executorch", "precision": "fp16", "streams": 2}, "runtime 'executorch': runs one stream"),
 ])
 def test_impossible_combinations_are_named(fields: dict, problem: str) -> None:
-    assert problem in Variant(**{"precision": "fp32", **fields}).problem()
+    assert problem in runtimes.problem(Variant(**{"precision": "fp32", **fields}))
 
 
 def test_budget_against_and_kind_are_checked(tmp_path) -> None:

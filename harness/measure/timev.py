@@ -16,19 +16,16 @@ import re
 import sys
 import time
 
-_MAX_RSS = re.compile(r"^Max RSS \(KiB\): (\d+)$", re.M)
+_LINE = re.compile(r"^([A-Z][A-Za-z ]+(?: \((?:s|KiB)\))?): ([\d.]+)$", re.M)
 
 
-def split(stderr: str) -> tuple[str, int | None]:
-    """A command's stderr under `time -v` -> (its own stderr, "Max RSS (KiB)" in bytes or None)."""
+def split(stderr: str) -> tuple[str, dict[str, float]]:
+    """A command's stderr under `time -v` -> (its own stderr, the report's numbers by label:
+    "Real time (s)", "Max RSS (KiB)", ...; empty without a report)."""
     at = stderr.rfind("Real time (s): ")
-    return (stderr, None) if at < 0 else (stderr[:at], max_rss_bytes(stderr[at:]))
-
-
-def max_rss_bytes(stderr: str) -> int | None:
-    """The "Max RSS (KiB)" line of `time -v` (toybox's or this one), in bytes; None without one."""
-    found = _MAX_RSS.findall(stderr)
-    return int(found[-1]) * 1024 if found else None
+    if at < 0:
+        return stderr, {}
+    return stderr[:at], {label: float(value) for label, value in _LINE.findall(stderr[at:])}
 
 
 def main(argv: list[str]) -> int:

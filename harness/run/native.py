@@ -23,6 +23,7 @@ from typing import Protocol
 
 from harness.engine.gguf_file import model_path, read_gguf
 from harness.engine.tokenizer import Tokenizer
+from harness.measure import timev
 from harness.runtimes import build, llamacpp
 from harness.runtimes.models import gguf_file
 from harness.runtimes.report import ToolOutputError
@@ -39,12 +40,20 @@ class ToolFailed(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one tool process did: exit code, its two streams, and its peak RSS when measured."""
+    """What one tool process did: exit code, its two streams, and what `time -v` measured of it
+    (harness/measure/timev.py): its peak RSS and its own wall time, when there."""
 
     code: int
     stdout: str
     stderr: str
-    max_rss_bytes: int | None
+    max_rss_bytes: int | None = None
+    real_s: float | None = None
+
+    @classmethod
+    def timed(cls, code: int, stdout: str, stderr_with_report: str) -> Outcome:
+        stderr, report = timev.split(stderr_with_report)
+        rss = report.get("Max RSS (KiB)")
+        return cls(code, stdout, stderr, None if rss is None else int(rss) * 1024, report.get("Real time (s)"))
 
 
 class Execute(Protocol):

@@ -145,6 +145,7 @@ class _Measurement:
 
     def run(self, on_step: Step) -> None:
         workload = self.scenario.spec.workload
+        device_bin = self.scenario.spec.llamacpp.device_bin
         job = Job(
             model=self.scenario.spec.model,
             variant=self.variant.as_dict(),
@@ -155,6 +156,7 @@ class _Measurement:
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
             delay_ms_per_token=self.delay_ms_per_token,
+            tools_dir=str(self.scenario.path.parent / device_bin) if device_bin else None,
         )
         for event in self.target.run(job, workload.timeout_s):
             self._handle(event, on_step)

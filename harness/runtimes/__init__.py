@@ -2,25 +2,24 @@
 Qualcomm Genie, ExecuTorch's llama_main).
 
 Each runtime module declares what it can serve, `problem(variant)`: None, or why not, in
-one line (checked when the scenario loads). The native modules also read their tool's
+one line; `problem` here adds the rules no runtime could serve (`Variant.problem`). Both
+are checked when the scenario loads. The native modules also read their tool's
 output into counters (`report.ToolReport`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.runtimes import executorch, genie, llamacpp, reference
-
-if TYPE_CHECKING:
-    from harness.spec.variant import Variant
+from harness.spec.variant import Variant
 
 _SERVES = {"reference": reference.problem, "llamacpp": llamacpp.problem, "genie": genie.problem,
            "executorch": executorch.problem}
 
 
 def problem(variant: Variant) -> str | None:
-    """Why `variant.runtime` cannot serve the variant, or None."""
+    """Why the variant cannot run, or None: no runtime could, or its runtime cannot."""
+    if why := variant.problem():
+        return why
     why = _SERVES[variant.runtime](variant)
     return f"runtime {variant.runtime!r}: {why}" if why else None
 

@@ -20,12 +20,8 @@ from __future__ import annotations
 import json
 import re
 
-from typing import TYPE_CHECKING
-
 from harness.runtimes.report import ToolOutputError, ToolReport, counters, rate
-
-if TYPE_CHECKING:
-    from harness.spec.variant import Variant
+from harness.spec.variant import Variant
 
 _OBSERVER = re.compile(r"^PyTorchObserver (\{.*\})\s*$", re.M)
 

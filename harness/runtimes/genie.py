@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import re
 
-from typing import TYPE_CHECKING
-
 from harness.runtimes.report import ToolOutputError, ToolReport
-
-if TYPE_CHECKING:
-    from harness.spec.variant import Variant
+from harness.spec.variant import Variant
 
 DIALOGS = {"greedy": "basic", "ssd": "ssd-q1"}  # one stream; K streams: the "multistream" dialog
 

@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import re
 
-from typing import TYPE_CHECKING
-
 from harness.runtimes.report import ToolOutputError, ToolReport, counters, rate
-
-if TYPE_CHECKING:
-    from harness.spec.variant import Variant
+from harness.spec.variant import Variant
 
 TOOLS = ("completion", "simple", "batched", "lookahead", "lookup")
 DECODING_TOOLS = {"greedy": "completion", "lookahead": "lookahead", "lookup": "lookup"}  # one stream
@@ -118,9 +114,8 @@ def _texts(tool: str, stdout: str, prompt: str) -> list[str]:
     if tool == "batched":  # "sequence N:\n\n" PROMPT TEXT "\n\n", one after another
         blocks = re.split(r"^sequence \d+:\n\n", stdout, flags=re.M)[1:]
         return [block.removeprefix(prompt).removesuffix("\n").removesuffix("\n\n") for block in blocks]
-    if tool in ("lookahead", "lookup"):  # "\n\n" PROMPT TEXT "\n\n" (lookahead: "\n\n" once more, at exit)
-        text = stdout.removeprefix("\n\n").removeprefix(prompt)
-        return [text.removesuffix("\n\n\n\n" if tool == "lookahead" else "\n\n")]
+    if tool in ("lookahead", "lookup"):  # "\n\n" PROMPT TEXT "\n\n", and "\n\n" again at exit
+        return [stdout.removeprefix("\n\n").removeprefix(prompt).removesuffix("\n\n\n\n")]
     return [stdout.removesuffix("\n\n")]
 
 

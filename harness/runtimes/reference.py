@@ -1,11 +1,7 @@
 """What the reference engine (harness/engine, run by harness/run/runner.py) can serve."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from harness.spec.variant import Variant
+from harness.spec.variant import Variant
 
 DECODINGS = ("greedy", "ds2d")
 

@@ -24,7 +24,7 @@ from pydantic import (
 
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
-from harness.runtimes import prompt_problem
+from harness.runtimes import problem, prompt_problem
 from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
@@ -50,6 +50,14 @@ class DeviceRules(Strict):
     cooldown_s: NonNegativeInt = 300
     charging: Literal["warn", "fail"] = "warn"  # a device on USB/AC power
     unknown: Literal["warn", "fail"] = "warn"  # a device that reports no thermal status or temperatures
+
+
+class LlamaCppSettings(Strict):
+    """llama.cpp on real phones: `device_bin` is the folder of an arm64 (NDK or Snapdragon) build's
+    binaries, pushed to each phone (a `lib/` beside it too, for a shared-library build). The
+    local target and the emulated phones run the host build instead (harness/runtimes/build.py)."""
+
+    device_bin: Path | None = None
 
 
 class Budget(Strict):
@@ -131,6 +139,7 @@ class ScenarioFile(Strict):
     compare: CompareSpec = CompareSpec()
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
     aihub: AiHubSettings = AiHubSettings()
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
 
     @field_validator("targets")
     @classmethod
@@ -177,6 +186,9 @@ def load_scenario(path: str | Path) -> Scenario:
     prompts = load_prompts(prompts_path)
 
     variants = spec.variants.expand()
+    for variant in variants:
+        if why := problem(variant):
+            raise HarnessError(f"{path}: variants: variant {variant.key}: {why}")
     baseline = _pick(path, "baseline", spec.baseline, variants)
     for number, budget in enumerate(spec.budgets):
         if budget.against is not None:

@@ -4,7 +4,8 @@
 fields: `VariantSpec` (one explicit variant), `VariantMatrix` (a list of values per axis)
 and `VariantSelector` (every axis optional), so an axis is added here and nowhere else.
 The engine reads the allowed values from here too (`PRECISIONS`, `GRAPHS`, `PREFILLS`).
-What each runtime can serve is declared by the runtime (`harness.runtimes.problem`).
+What each runtime can serve is declared by the runtime (`harness.runtimes.problem`, checked
+with these rules when a scenario loads).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model, model_validator
-
-from harness.runtimes import problem as runtime_problem
 
 PRECISIONS = ("fp32", "fp16", "int4")
 # ds2d: the reference engine's; lookahead, lookup: llama.cpp's draft-free self-speculation;
@@ -72,15 +71,15 @@ class Variant:
         return cls(**{**values, "adapters": tuple(values.get("adapters", ()))})
 
     def problem(self) -> str | None:
-        """Why this combination cannot run, or None (checked at load, not half-way through a run):
-        first what no runtime could make of it, then what its runtime cannot serve."""
+        """Why no runtime could serve this combination, or None (checked at load, not half-way
+        through a run); what each runtime serves is its own (`harness.runtimes.problem`)."""
         if self.streams > 1 and len(self.adapters) not in (0, self.streams):
             return f"{self.streams} streams need {self.streams} adapters (one per stream) or none"
         if self.lora_mode == "merged" and (self.streams > 1 or not self.adapters):
             return "lora_mode 'merged' needs adapters and one stream (merged weights serve one adapter at a time)"
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
-        return runtime_problem(self)
+        return None
 
 
 class Strict(BaseModel):

@@ -85,7 +85,7 @@ def _execute(folder: Path, argv: list[str], env: dict[str, str], timeout_s: floa
         os.killpg(process.pid, signal.SIGKILL)  # time and the tool
         process.communicate()
         raise TimeoutError from None
-    return native.Outcome(process.returncode, stdout, *timev.split(stderr))
+    return native.Outcome.timed(process.returncode, stdout, stderr)
 
 
 def _events(process: subprocess.Popen, stderr, deadline: float, timeout_s: float,

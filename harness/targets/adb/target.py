@@ -23,7 +23,8 @@ import adbutils
 
 from harness.errors import HarnessError
 from harness.measure.host import proc_kb_fields
-from harness.run import protocol
+from harness.run import native, protocol
+from harness.runtimes import llamacpp
 from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
 from harness.targets.adb.client import LOST, SHELL_TIMEOUT_S, DeviceError, Phone, ShellStream, attached
@@ -79,9 +80,15 @@ class AdbTarget:
             raise TargetError(str(exc)) from None
         yield protocol.State("before", before.as_dict())
         deadline = time.monotonic() + timeout_s
-        if job.runtime not in self.runtimes:
-            raise TargetError(f"runtime {job.runtime!r} is not known to the adb target; known: {', '.join(self.runtimes)}")
-        adapter = self.runtimes[job.runtime]
+        runtime = job.variant["runtime"]
+        if runtime == "llamacpp":
+            yield from self._native(job, deadline, timeout_s)
+            yield protocol.State("after", self.phone.state().as_dict())
+            return
+        if runtime not in self.runtimes:
+            raise TargetError(f"runtime {runtime!r} is not known to the adb target; known: llamacpp, "
+                              f"{', '.join(self.runtimes)}")
+        adapter = self.runtimes[runtime]
         self.deploy(adapter.files(job), deadline)
         self.phone.push(adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
         command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {adapter.command('job.json')}"
@@ -91,6 +98,45 @@ class AdbTarget:
         after = self.phone.state()
         energy = battery.energy_j() if battery is not None and not after.charging else None
         yield protocol.State("after", after.as_dict(), energy)
+
+    def _native(self, job: Job, deadline: float, timeout_s: float) -> Iterator[protocol.Event]:
+        """A native tool per request (`harness.run.native`): an emulated phone runs the host
+        build, a real one the scenario's device build (`llamacpp.device_bin`)."""
+        if not self.info.emulated and not job.tools_dir:
+            raise TargetError(f"device {self.phone.serial}: runtime 'llamacpp' on a phone needs the scenario's "
+                              "llamacpp.device_bin, the folder of an arm64 build's binaries (README: real phones)")
+        try:
+            plan = native.plan(job, None if self.info.emulated else Path(job.tools_dir))
+            self.deploy(plan.files, deadline)
+            binaries = [inside_folder(path) for path in plan.files if "/bin/" in path]
+            self.phone.check("chmod 755 " + " ".join(shlex.quote(path) for path in binaries))
+            yield from native.events(job, plan, lambda argv, env, left: self._execute(argv, env, left), deadline)
+        except native.ToolFailed as exc:
+            raise TargetError(str(exc)) from None
+        except TimeoutError:
+            raise TargetError(f"runtime 'llamacpp' timed out after {timeout_s:g} s (killed on the device)") from None
+
+    def _execute(self, argv: list[str], env: dict[str, str], timeout_s: float) -> native.Outcome:
+        """One tool process on the device, under toybox's `time -v` (its peak RSS), in its own
+        shell's process group, killed with it on a timeout."""
+        assignments = "".join(f"{shlex.quote(f'{k}={v}')} " for k, v in env.items())
+        command = (f"cd {shlex.quote(FOLDER)} && echo $$ && exec time -v "
+                   f"{'env ' + assignments if env else ''}{' '.join(shlex.quote(a) for a in argv)}")
+        deadline = time.monotonic() + timeout_s
+        with self.phone.stream(command, timeout=None) as stream:
+            lines = stream.lines(deadline)
+            pid = ""
+            try:
+                pid = next(lines, "").strip()
+                stdout = "".join(lines)
+            except (socket.timeout, adbutils.AdbTimeout):
+                if pid.isdigit():
+                    self.phone.shell(f"kill -9 -- -{pid}")
+                raise TimeoutError from None
+            if not pid.isdigit():
+                raise native.ToolFailed(f"the tool did not start (exit code {stream.exit_code}): "
+                                        f"{_last_line(stream.stderr)}")
+            return native.Outcome.timed(stream.exit_code, stdout, stream.stderr.decode(errors="replace"))
 
     def _events(self, adapter: RunnerAdapter, stream: ShellStream, deadline: float,
                 timeout_s: float, battery: BatterySampler | None) -> Iterator[protocol.Event]:
@@ -170,6 +216,20 @@ class AdbTarget:
         if pushed:
             self.phone.push(json.dumps(manifest, indent=1).encode(), f"{FOLDER}/{MANIFEST}", _left(deadline))
         return pushed
+
+    def deployed_runtimes(self) -> dict[str, str]:
+        """Runtime -> version of what this device can run now: the reference runner where the
+        harness is installed, llama.cpp where its tools were deployed (their `--version`)."""
+        found = {}
+        reference = self.phone.shell("python3 -c 'import harness; print(harness.__version__)'")
+        if reference.code == 0:
+            found["reference"] = f"harness {reference.stdout.strip()}"
+        manifest = json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
+        tools = sorted(path for path in manifest if path.startswith(f"{native.TOOLS_FOLDER}/bin/llama-"))
+        if tools:
+            answer = self.phone.shell(f"cd {shlex.quote(FOLDER)} && {shlex.quote(tools[0])} --version")
+            found["llamacpp"] = llamacpp.version(answer.stdout + answer.stderr) or f"unknown ({tools[0]} --version failed)"
+        return found
 
     def cleanup(self) -> None:
         self.phone.check(f"rm -rf {shlex.quote(FOLDER)}")
