@@ -1,5 +1,6 @@
 """Native runtimes' output parsers, on real published outputs (tests/data/runtimes/, each with
-a `.source.md` naming where it was published) and on outputs cut short or garbled.
+a `.source.md` naming where it was published) and on outputs cut short or garbled; and the
+Genie dialog configs made from real published configs.
 
 The expected counters are the tools' own printed figures: llama.cpp's "tokens per second"
 in its timing lines, ExecuTorch's human-readable stats lines next to its JSON.
@@ -7,12 +8,14 @@ in its timing lines, ExecuTorch's human-readable stats lines next to its JSON.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from harness.runtimes import executorch, genie, llamacpp
 from harness.runtimes.report import ToolOutputError
+from harness.spec.variant import Variant
 
 DATA = Path(__file__).parent / "data" / "runtimes"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.txt"))
@@ -147,3 +150,46 @@ def test_cut_or_garbled_output_is_an_error_with_the_last_stderr_lines(parse, out
     with pytest.raises(ToolOutputError, match=r"(?s)crashed, cut short or garbled.*Segmentation fault") as error:
         parse(printed, printed)
     assert "Traceback" not in str(error.value)
+
+
+# -- how Genie and ExecuTorch are given a variant: real configs in, the variant's out ----------
+
+GENIE_BASIC = json.loads((DATA / "genie_config_llama_v3_2_1b_aihubapps.json").read_text())
+GENIE_SSD = json.loads((DATA / "genie_config_llama2_7b_htp_ssd_qairt.json").read_text())
+
+
+def test_genie_dialog_config_per_variant_from_an_ai_hub_bundle() -> None:
+    basic = genie.dialog_config(GENIE_BASIC, Variant("int4", runtime="genie"), "/m")["dialog"]
+    assert basic["type"] == "basic" and basic["sampler"]["greedy"] is True
+    assert basic["tokenizer"]["path"] == "/m/tokenizer.json"
+    assert basic["engine"]["model"]["binary"]["ctx-bins"][0] == "/m/llama_v3_2_1b_instruct_part_1_of_3.bin"
+    assert basic["engine"]["backend"]["extensions"] == "/m/htp_backend_ext_config.json"
+    streams = genie.dialog_config(GENIE_BASIC, Variant("int4", streams=3, runtime="genie"), "/m")["dialog"]
+    assert streams["type"] == "multistream" and streams["multistream"] == {"version": 1, "n-streams": 3,
+                                                                           "p-threshold": 0}
+    assert GENIE_BASIC["dialog"]["type"] == "basic" and "multistream" not in GENIE_BASIC["dialog"]  # not changed
+
+
+def test_genie_ssd_keeps_the_models_forecast_settings_and_needs_them() -> None:
+    ssd = genie.dialog_config(GENIE_SSD, Variant("int4", decoding="ssd", runtime="genie"), "/m")["dialog"]
+    assert ssd["type"] == "ssd-q1" and ssd["ssd-q1"] == GENIE_SSD["dialog"]["ssd-q1"]
+    assert "ssd-q1" not in genie.dialog_config(GENIE_SSD, Variant("int4", runtime="genie"), "/m")["dialog"]
+    with pytest.raises(genie.ConfigError, match="needs an ssd-q1 section"):
+        genie.dialog_config(GENIE_BASIC, Variant("int4", decoding="ssd", runtime="genie"), "/m")
+    with pytest.raises(genie.ConfigError, match="LoRA adapters formal are not in"):
+        genie.dialog_config(GENIE_BASIC, Variant("int4", adapters=("formal",), runtime="genie"), "/m")
+
+
+def test_genie_htp_libraries_follow_the_soc() -> None:
+    assert (genie.hexagon_arch("SM8650"), genie.hexagon_arch("SM8750")) == ("v75", "v79")
+    with pytest.raises(genie.ConfigError, match="no Hexagon architecture known for SoC 'SM8550'"):
+        genie.hexagon_arch("SM8550")
+
+
+def test_executorch_text_is_what_follows_the_echoed_prompt() -> None:
+    out = sample("executorch_llama_main_vulkan_galaxy_s24_old_observer")
+    prompt = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>Write me a short poem.<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>")
+    report = executorch.parse(out, "", prompt, "<|eot_id|>")
+    assert report.texts == [report.texts[0]] and report.texts[0].startswith("\n\nHere is a short poem")
+    assert report.texts[0].endswith("I hope you enjoy it!") and report.fields["end of text"] == 1.0

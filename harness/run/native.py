@@ -1,41 +1,45 @@
-"""A job served by a native runtime (llama.cpp's tools): one tool process per request.
+"""A job served by a native runtime (llama.cpp's tools, Genie's genie-t2t-run, ExecuTorch's
+llama_main): one tool process per request.
 
 A phone has no Python, so nothing of ours runs beside the tool: the target deploys the
-files of the `Plan` (binaries under `llamacpp/`, the GGUF under `models/`), then runs each
-`Invocation` through its own `Execute` (a child process here, `adb shell` on a phone),
-which measures the process's peak RSS. `events` turns each tool run into the events of
-`harness.run.protocol`: a `RemoteJob` record naming runtime, binary version, model file
-and where each counter comes from; per request, the outputs (`Request`, text and
-re-tokenized token ids, so agreement is scored as for the reference engine) and the
-tool's counters (`Counters`). A tool that fails ends the run with its last stderr lines;
-the requests before it stay stored.
+files of the `Plan`, then runs each `Invocation` through its own `Execute` (a child process
+here, `adb shell` on a phone) under `time -v`, which measures the process's peak RSS.
+`events` turns each tool run into the events of `harness.run.protocol`: a `RemoteJob`
+record naming runtime, binary version, model file and where each counter comes from;
+per request, the outputs (`Request`, text and re-tokenized token ids, so agreement is
+scored as for the reference engine) and the tool's counters (`Counters`). A tool that
+fails ends the run with its last stderr lines; the requests before it stay stored.
+
+Where the files come from is the scenario's settings for the runtime (`Job.runtime_settings`):
+llama.cpp's host build unless a real phone is given `device_bin`; the user's QAIRT SDK and
+Genie model folders; the user's llama_main and .pte files.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from harness.engine.gguf_file import model_path, read_gguf
 from harness.engine.tokenizer import Tokenizer
 from harness.measure import timev
-from harness.runtimes import build, llamacpp
+from harness.runtimes import build, executorch, genie, llamacpp
 from harness.runtimes.models import gguf_file
-from harness.runtimes.report import ToolOutputError
+from harness.runtimes.report import ToolOutputError, ToolReport
 from harness.run import protocol
 from harness.run.protocol import Job
 from harness.spec.variant import Variant
 
-TOOLS_FOLDER = "llamacpp"  # in the deployment folder: bin/ (and lib/ for a shared-library build)
-
 
 class ToolFailed(Exception):
-    """The tool crashed or printed what it never prints; the target stores it as the run's failure."""
+    """The tool crashed, is missing, or printed what it never prints; the run's stored failure."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,29 @@ class Invocation:
     warmup: bool
     prompt: str  # as the tool is given it (in the chat template unless raw)
     argv: list[str]
+    adapter: str | None = None  # the LoRA adapter this request runs (task switching)
 
 
 @dataclass(frozen=True)
 class Plan:
-    tool: str  # llamacpp.TOOLS
+    runtime: str
+    tool: str  # the binary's name
     files: dict[str, Path]  # path in the deployment folder -> local file
-    env: dict[str, str]
-    version_argv: list[str]
+    env: dict[str, str]  # values relative to the deployment folder, or absolute device paths
     model_file: str
-    invocations: list[Invocation] = field(default_factory=list)
+    invocations: list[Invocation]
+    read: Callable[[Outcome, str], ToolReport]  # a finished run and its prompt -> the tool's report
+    version_argv: list[str] | None = None  # None: the version is in each run's output
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the plan runs: on the host's build (this host, emulated phones) or a real
+    phone's; the deployment folder's absolute path there; the device's SoC (Genie's HTP)."""
+
+    host_build: bool
+    root: str
+    soc: str | None = None
 
 
 @functools.cache
@@ -85,67 +102,149 @@ def _tokenizer(model: str) -> Tokenizer:
     return Tokenizer.from_gguf_metadata(read_gguf(model_path(model)).metadata)
 
 
-def plan(job: Job, tools_dir: Path | None = None) -> Plan:
-    """What to deploy and run for `job`: the tools in `tools_dir` (a phone's build), else the
-    host build (`harness.runtimes.build`, for this host and the emulated phones)."""
+def plan(job: Job, place: Place) -> Plan:
+    """What to deploy and run for `job` at `place`."""
     variant = Variant.from_dict(job.variant)
-    host_tools = build.build()
-    tools = tools_dir or host_tools
-    name = llamacpp.tool(variant)
-    if not (tools / f"llama-{name}").is_file():
-        raise ToolFailed(f"no llama-{name} in {tools} (variant {variant.key} runs it)")
-    model = gguf_file(job.model, variant.precision, host_tools)
-    files = {f"{TOOLS_FOLDER}/bin/llama-{name}": tools / f"llama-{name}", f"models/{model.name}": model}
-    libraries = sorted((tools.parent / "lib").glob("*.so")) if tools_dir else []
-    files |= {f"{TOOLS_FOLDER}/lib/{library.name}": library for library in libraries}
-    env = {"LD_LIBRARY_PATH": f"{TOOLS_FOLDER}/lib"} if libraries else {}
+    planners = {"llamacpp": _llamacpp, "genie": _genie, "executorch": _executorch}
+    if variant.runtime not in planners:
+        raise ToolFailed(f"runtime {variant.runtime!r} is not a native runtime")
+    try:
+        return planners[variant.runtime](job, variant, place, job.runtime_settings or {})
+    except genie.ConfigError as exc:
+        raise ToolFailed(f"runtime 'genie': {exc}") from None
+
+
+def _requests(job: Job) -> list[tuple[dict, bool, str]]:
+    """(prompt, warm-up?, its text as the model sees it) per request, warm-ups first."""
     tokenizer = _tokenizer(job.model)
-    texts = {p["id"]: tokenizer.prompt_text(p) for p in job.prompts}
-    longest = max(len(tokenizer.encode(text)) for text in texts.values())
-    threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
     warmups = [job.prompts[i % len(job.prompts)] for i in range(job.warmup)]
+    return [(p, i < len(warmups), tokenizer.prompt_text(p)) for i, p in enumerate(warmups + job.prompts)]
+
+
+def _llamacpp(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
+    host_tools = build.build()
+    if place.host_build:
+        tools = host_tools
+    elif settings.get("device_bin"):
+        tools = Path(settings["device_bin"])
+    else:
+        raise ToolFailed("runtime 'llamacpp' on a phone needs the scenario's llamacpp.device_bin, "
+                         "the folder of an arm64 build's binaries (README: real phones)")
+    name = f"llama-{llamacpp.tool(variant)}"
+    model = gguf_file(job.model, variant.precision, host_tools)
+    files = {f"llamacpp/bin/{name}": _exists(tools / name, variant), f"models/{model.name}": model}
+    libraries = [] if place.host_build else sorted((tools.parent / "lib").glob("*.so"))
+    files |= {f"llamacpp/lib/{library.name}": library for library in libraries}
+    tokenizer = _tokenizer(job.model)
+    requests = _requests(job)
+    context = max(len(tokenizer.encode(text)) for _, _, text in requests) + job.max_new_tokens
+    threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
     invocations = []
-    for index, prompt in enumerate(warmups + job.prompts):
-        text = texts[prompt["id"]]
+    for prompt, warmup, text in requests:
         argv = llamacpp.command(variant, f"models/{model.name}", text, len(tokenizer.encode(text)),
-                                job.max_new_tokens, longest + job.max_new_tokens, threads)
-        argv[0] = f"{TOOLS_FOLDER}/bin/{argv[0]}"
-        invocations.append(Invocation(prompt["id"], index < len(warmups), text, argv))
-    return Plan(name, files, env, [f"{TOOLS_FOLDER}/bin/llama-{name}", "--version"], model.name, invocations)
+                                job.max_new_tokens, context, threads)
+        invocations.append(Invocation(prompt["id"], warmup, text, [f"llamacpp/bin/{argv[0]}", *argv[1:]]))
+    end_token = tokenizer.backend.id_to_token(tokenizer.eos_id)
+    return Plan("llamacpp", name, files, {"LD_LIBRARY_PATH": "llamacpp/lib"} if libraries else {}, model.name,
+                invocations, lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr,
+                                                               prompt, end_token),
+                [f"llamacpp/bin/{name}", "--version"])
+
+
+def _genie(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
+    """The QAIRT SDK's genie-t2t-run, its libraries for Android and the device's HTP, and the
+    user's model folder for this precision (an AI Hub Genie bundle: genie_config.json,
+    tokenizer.json, context binaries), with a dialog config generated for the variant."""
+    sdk, models = _setting(settings, "sdk", "genie"), settings.get("models") or {}
+    folder = Path(_setting(models, variant.precision, "genie", f"genie.models.{variant.precision}"))
+    htp = genie.hexagon_arch(place.soc)
+    files = {"genie/bin/genie-t2t-run": _exists(Path(sdk) / "bin/aarch64-android/genie-t2t-run", variant)}
+    files |= _tree(Path(sdk) / "lib/aarch64-android", "genie/lib", "*.so")
+    files |= _tree(Path(sdk) / f"lib/hexagon-{htp}/unsigned", f"genie/{htp}", "*")
+    files |= _tree(folder, f"genie/models/{variant.precision}", "*", skip={"genie_config.json"})
+    models_on_device = f"{place.root}/genie/models/{variant.precision}"
+    config = genie.dialog_config(json.loads(_exists(folder / "genie_config.json", variant).read_text()), variant,
+                                 models_on_device)
+    files[f"genie/{variant.key}.json"] = _written(config, f"{variant.key}.json")
+    invocations = [Invocation(p["id"], warmup, text, genie.command(f"genie/{variant.key}.json", text, adapter), adapter)
+                   for p, warmup, text in _requests(job) for adapter in variant.adapters or (None,)]
+    env = {"LD_LIBRARY_PATH": f"{place.root}/genie/lib", "ADSP_LIBRARY_PATH": f"{place.root}/genie/{htp}"}
+    return Plan("genie", "genie-t2t-run", files, env, folder.name, invocations,
+                lambda out, prompt: genie.parse(out.stdout, out.stderr))
+
+
+def _executorch(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
+    """The user's llama_main (an Android build) with the .pte and tokenizer for this precision."""
+    runner = _exists(Path(_setting(settings, "llama_main", "executorch")), variant)
+    model = _setting(settings.get("models") or {}, variant.precision, "executorch",
+                     f"executorch.models.{variant.precision}")
+    pte, tokenizer = _exists(Path(model["pte"]), variant), _exists(Path(model["tokenizer"]), variant)
+    files = {"executorch/llama_main": runner, f"executorch/{pte.name}": pte, f"executorch/{tokenizer.name}": tokenizer}
+    invocations = [Invocation(p["id"], warmup, text,
+                              executorch.command(f"executorch/{pte.name}", f"executorch/{tokenizer.name}", text,
+                                                 job.max_new_tokens))
+                   for p, warmup, text in _requests(job)]
+    end_token = _tokenizer(job.model).backend.id_to_token(_tokenizer(job.model).eos_id)
+    return Plan("executorch", "llama_main", files, {}, pte.name, invocations,
+                lambda out, prompt: executorch.parse(out.stdout, out.stderr, prompt, end_token))
+
+
+def _setting(settings: dict, key: str, runtime: str, name: str | None = None):
+    if not settings.get(key):
+        raise ToolFailed(f"runtime {runtime!r} needs the scenario's {name or f'{runtime}.{key}'} (README: real phones)")
+    return settings[key]
+
+
+def _exists(path: Path, variant: Variant) -> Path:
+    if not path.is_file():
+        raise ToolFailed(f"no {path.name} in {path.parent} (variant {variant.key} runs it)")
+    return path
+
+
+def _tree(folder: Path, under: str, pattern: str, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Path]:
+    return {f"{under}/{file.relative_to(folder).as_posix()}": file for file in sorted(folder.rglob(pattern))
+            if file.is_file() and file.name not in skip}
+
+
+def _written(document: dict, name: str) -> Path:
+    """A generated file, kept where the deployment's hash cache can read it."""
+    path = Path(tempfile.gettempdir()) / "hil-harness-generated" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return path
 
 
 def events(job: Job, plan: Plan, execute: Execute, deadline: float) -> Iterator[protocol.Event]:
     """Run every invocation of the plan; the events of the protocol, as each tool run ends."""
     tokenizer = _tokenizer(job.model)
-    version = _version(execute(plan.version_argv, plan.env, _left(deadline)))
-    record = {"kind": "native", "runtime": "llamacpp", "tool": f"llama-{plan.tool}", "version": version,
-              "model_file": plan.model_file}
+    version = _version(execute(plan.version_argv, plan.env, _left(deadline))) if plan.version_argv else None
     for number, invocation in enumerate(plan.invocations):
         outcome = execute(invocation.argv, plan.env, _left(deadline))
         if outcome.code != 0:
             tail = "\n".join(outcome.stderr.strip().splitlines()[-5:]) or "(stderr empty)"
-            raise ToolFailed(f"llama-{plan.tool} exited with code {outcome.code}; its last stderr lines:\n{tail}")
+            raise ToolFailed(f"{plan.tool} exited with code {outcome.code}; its last stderr lines:\n{tail}")
         try:
-            report = llamacpp.parse(plan.tool, outcome.stdout, outcome.stderr, invocation.prompt,
-                                    tokenizer.backend.id_to_token(tokenizer.eos_id))
+            report = plan.read(outcome, invocation.prompt)
         except ToolOutputError as exc:
             raise ToolFailed(str(exc)) from None
         if number == 0:
-            sources = {**report.sources, "tool_peak_rss_bytes": "the target: wait4 ru_maxrss of the tool process"}
-            yield protocol.RemoteJob({**record, "counter_sources": sources})
+            sources = {**report.sources, "tool_peak_rss_bytes": "the target: ru_maxrss of the tool process (time -v)"}
+            yield protocol.RemoteJob({"kind": "native", "runtime": plan.runtime, "tool": plan.tool,
+                                      "version": version or report.version, "model_file": plan.model_file,
+                                      "counter_sources": sources})
         for text in report.texts:
             # llama-completion says " [end of text]"; the other tools stop short of the maximum only
             # there. Lookahead and lookup may overshoot the maximum: cut to it, as the engine stops.
             ended = report.fields.get("end of text") == 1.0 or len(tokenizer.encode(text)) < job.max_new_tokens
             yield protocol.Request(
-                prompt_id=invocation.prompt_id, warmup=invocation.warmup,
+                prompt_id=invocation.prompt_id, warmup=invocation.warmup, adapter=invocation.adapter,
                 prompt_tokens=int(report.fields.get("prompt eval tokens", 0)),
                 token_ids=text_tokens(job.model, text, job.max_new_tokens, ended), text=text,
                 token_times_s=[], e2e_s=None)
         values = dict(report.counters)
         if outcome.max_rss_bytes is not None:
             values["tool_peak_rss_bytes"] = float(outcome.max_rss_bytes)
-        yield protocol.Counters(invocation.prompt_id, values, warmup=invocation.warmup)
+        yield protocol.Counters(invocation.prompt_id, values, invocation.adapter, invocation.warmup)
 
 
 def text_tokens(model: str, text: str, limit: int, ended: bool) -> list[int]:

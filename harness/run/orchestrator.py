@@ -20,7 +20,7 @@ from harness.measure.environment import host_environment
 from harness.errors import HarnessError
 from harness.run import native, protocol
 from harness.run.protocol import Job
-from harness.spec.scenario import Scenario, Variant, load_scenario
+from harness.spec.scenario import Scenario, Variant, check_runtimes, load_scenario
 from harness.store import Store
 from harness.targets.base import Target, TargetError
 from harness.targets.registry import open_targets
@@ -37,6 +37,8 @@ def total_steps(scenario: Scenario, n_targets: int) -> int:
 
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
     """The targets of the scenario, or those given with --target instead."""
+    if override:
+        check_runtimes(scenario.path, "--target", override, scenario.variants)
     try:
         settings = {"aihub": scenario.spec.aihub}
         targets = [t for spec in (override or scenario.spec.targets)
@@ -145,7 +147,6 @@ class _Measurement:
 
     def run(self, on_step: Step) -> None:
         workload = self.scenario.spec.workload
-        device_bin = self.scenario.spec.llamacpp.device_bin
         job = Job(
             model=self.scenario.spec.model,
             variant=self.variant.as_dict(),
@@ -156,7 +157,7 @@ class _Measurement:
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
             delay_ms_per_token=self.delay_ms_per_token,
-            tools_dir=str(self.scenario.path.parent / device_bin) if device_bin else None,
+            runtime_settings=self.scenario.runtime_settings(self.variant.runtime),
         )
         for event in self.target.run(job, workload.timeout_s):
             self._handle(event, on_step)

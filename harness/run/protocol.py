@@ -34,7 +34,7 @@ class Job:
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
-    tools_dir: str | None = None  # a native runtime's binaries for the device (default: the host build)
+    runtime_settings: dict | None = None  # the scenario's block for a native runtime (llamacpp:, genie:, ...)
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")

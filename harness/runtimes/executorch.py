@@ -35,7 +35,15 @@ def problem(variant: Variant) -> str | None:
     return None
 
 
-def parse(stdout: str, stderr: str) -> ToolReport:
+def command(pte: str, tokenizer: str, prompt: str, max_new_tokens: int) -> list[str]:
+    """llama_main's argv (gflags) for one greedy request of `max_new_tokens` tokens."""
+    return ["executorch/llama_main", f"--model_path={pte}", f"--tokenizer_path={tokenizer}", f"--prompt={prompt}",
+            f"--max_new_tokens={max_new_tokens}", "--temperature=0"]
+
+
+def parse(stdout: str, stderr: str, prompt: str = "", end_token: str = "") -> ToolReport:
+    """One run -> its counters and text: what it printed after echoing the `prompt` (log lines
+    may come first), up to the stats line, without the end token it prints."""
     m = _OBSERVER.search(stdout)
     try:
         stats = json.loads(m[1]) if m else None
@@ -57,4 +65,9 @@ def parse(stdout: str, stderr: str) -> ToolReport:
         "e2e_ms": (end - start, "inference_end_ms - inference_start_ms"),
     }
     values, sources = counters(found, "llama_main PyTorchObserver")
-    return ToolReport(tool="llama_main", fields=fields, counters=values, sources=sources)
+    printed = stdout[:m.start()]
+    text = printed[printed.find(prompt) + len(prompt):] if prompt and prompt in printed else printed
+    text = text.rstrip("\n")
+    if end_token and text.endswith(end_token):
+        text, fields["end of text"] = text.removesuffix(end_token), 1.0
+    return ToolReport(tool="llama_main", fields=fields, counters=values, sources=sources, texts=[text])

@@ -28,7 +28,7 @@ from harness.runtimes import problem, prompt_problem
 from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
-from harness.targets.registry import check_target_spec
+from harness.targets.registry import check_target_spec, runtime_problem
 
 MODELS = ("smollm2-135m-instruct",)
 
@@ -58,6 +58,27 @@ class LlamaCppSettings(Strict):
     local target and the emulated phones run the host build instead (harness/runtimes/build.py)."""
 
     device_bin: Path | None = None
+
+
+class GenieSettings(Strict):
+    """Qualcomm Genie: the QAIRT SDK folder (bin/aarch64-android/genie-t2t-run, lib/aarch64-android,
+    lib/hexagon-vNN/unsigned) and, per precision, a Genie model folder (an AI Hub Genie bundle:
+    genie_config.json, tokenizer.json, context binaries)."""
+
+    sdk: Path | None = None
+    models: dict[Literal["fp16", "int4"], Path] = {}
+
+
+class ExecuTorchModel(Strict):
+    pte: Path
+    tokenizer: Path
+
+
+class ExecuTorchSettings(Strict):
+    """ExecuTorch: an Android build of `llama_main` and, per precision, the exported .pte and its tokenizer."""
+
+    llama_main: Path | None = None
+    models: dict[Literal["fp32", "fp16", "int4"], ExecuTorchModel] = {}
 
 
 class Budget(Strict):
@@ -140,6 +161,8 @@ class ScenarioFile(Strict):
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
     aihub: AiHubSettings = AiHubSettings()
     llamacpp: LlamaCppSettings = LlamaCppSettings()
+    genie: GenieSettings = GenieSettings()
+    executorch: ExecuTorchSettings = ExecuTorchSettings()
 
     @field_validator("targets")
     @classmethod
@@ -165,6 +188,11 @@ class Scenario:
     def name(self) -> str:
         return self.spec.name
 
+    def runtime_settings(self, runtime: str) -> dict | None:
+        """The scenario's block for a native runtime, its paths made absolute (relative to the file)."""
+        block = getattr(self.spec, runtime, None)
+        return None if block is None else _absolute(block.model_dump(), self.path.parent)
+
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
@@ -189,6 +217,7 @@ def load_scenario(path: str | Path) -> Scenario:
     for variant in variants:
         if why := problem(variant):
             raise HarnessError(f"{path}: variants: variant {variant.key}: {why}")
+    check_runtimes(path, "targets", spec.targets, variants)
     baseline = _pick(path, "baseline", spec.baseline, variants)
     for number, budget in enumerate(spec.budgets):
         if budget.against is not None:
@@ -207,6 +236,14 @@ def load_scenario(path: str | Path) -> Scenario:
     return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
 
 
+def _absolute(value: object, base: Path) -> object:
+    if isinstance(value, Path):
+        return str((base / value).resolve())
+    if isinstance(value, dict):
+        return {k: _absolute(v, base) for k, v in value.items()}
+    return value
+
+
 def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Variant]) -> Variant:
     chosen = [v for v in variants if selector.matches(v)]
     if len(chosen) != 1:
@@ -215,6 +252,14 @@ def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Vari
             f"variants: {', '.join(v.key for v in variants)}"
         )
     return chosen[0]
+
+
+def check_runtimes(where: Path | str, field: str, targets: list[str], variants: list[Variant]) -> None:
+    """HarnessError unless every target runs every variant's runtime."""
+    for spec in targets:
+        for variant in variants:
+            if why := runtime_problem(spec, variant.runtime):
+                raise HarnessError(f"{where}: {field}: {why} (variant {variant.key})")
 
 
 def _check_prompts(path: Path, variants: list[Variant], prompts: list[Prompt]) -> None:

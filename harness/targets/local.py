@@ -61,7 +61,7 @@ class LocalTarget:
         with tempfile.TemporaryDirectory(prefix="harness-native-") as tmp:
             folder = Path(tmp)
             try:
-                plan = native.plan(job)
+                plan = native.plan(job, native.Place(host_build=True, root=str(folder)))
                 for relative, local in plan.files.items():  # the deployment, linked in place
                     (folder / relative).parent.mkdir(parents=True, exist_ok=True)
                     (folder / relative).symlink_to(local.resolve())

@@ -32,6 +32,19 @@ def _aihub(argument: str | None, settings: object = None) -> list[Target]:
 
 KINDS: dict[str, Callable[[str | None, object], list[Target]]] = {"local": _local, "adb": _adb, "aihub": _aihub}
 NEEDS_ARGUMENT = {"aihub": 'a device name, e.g. aihub:"Samsung Galaxy S24 (Family)"'}
+# The runtimes each kind runs: this host runs our engine and llama.cpp's host build; a phone
+# (or an emulated one) every runtime; AI Hub compiles our engine's exported graph.
+RUNTIMES = {"local": ("reference", "llamacpp"), "adb": ("reference", "llamacpp", "genie", "executorch"),
+            "aihub": ("reference",)}
+
+
+def runtime_problem(spec: str, runtime: str) -> str | None:
+    """Why target `spec` cannot run `runtime`, or None."""
+    kind = spec.partition(":")[0]
+    if runtime in RUNTIMES[kind]:
+        return None
+    where = [k for k, runtimes in RUNTIMES.items() if runtime in runtimes]
+    return f"target {spec!r} cannot run runtime {runtime!r}; it runs on: {', '.join(where)}"
 
 
 def check_target_spec(spec: str) -> None:

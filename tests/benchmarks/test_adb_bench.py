@@ -62,8 +62,8 @@ def test_push_100_mb_at_200_mb_per_s(phone, benchmark, tmp_path) -> None:
 def test_overhead_per_adb_run_under_100_ms(phone, benchmark, tmp_path) -> None:
     script = tmp_path / "idle.sh"
     script.write_text(IDLE_RUNNER)
-    phone.runtimes["reference"] = IdleRunner(script)
-    job = Job("smollm2-135m-instruct", {"precision": "fp16"}, [{"id": "a", "prompt": "hi"}], 2, 0)
+    phone.runner = IdleRunner(script)
+    job = Job("smollm2-135m-instruct", {"precision": "fp16", "runtime": "reference"}, [{"id": "a", "prompt": "hi"}], 2, 0)
     events = benchmark.pedantic(lambda: list(phone.run(job, timeout_s=30)), rounds=20, warmup_rounds=2)
     assert [e.name for e in events] == ["device", "process", "device"]
     median_ms = benchmark.stats.stats.median * 1e3

@@ -13,11 +13,9 @@ The adb target knows nothing about any runner. An adapter gives it:
   target reads the process's memory; on `Done` it closes the runner's stdin, and the
   runner must then exit 0.
 
-A native runner (llama.cpp's `llama-cli`, Qualcomm Genie, an in-house runtime) is one
-more class with these four methods, registered in `RUNTIMES` under the name a job's
-`runtime` gives: it lists its binary and model files, writes its own job format, and
-turns its log lines into these events (its timestamps per token, its load time).
-Nothing else changes.
+This is how the reference runtime runs on a device (a test can put another runner in
+`AdbTarget.runner`). The native runtimes (llama.cpp, Genie, ExecuTorch) run no runner of
+ours: one tool process per request, planned by `harness.run.native`.
 """
 
 from __future__ import annotations
@@ -67,6 +65,3 @@ class ReferenceRunner:
 
     def parse(self, line: str) -> protocol.Event | None:
         return protocol.parse(line) if line.startswith("{") else None
-
-
-RUNTIMES: dict[str, type[RunnerAdapter]] = {"reference": ReferenceRunner}

@@ -29,7 +29,7 @@ from harness.run.protocol import Job
 from harness.targets.base import TargetError, TargetInfo
 from harness.targets.adb.client import LOST, SHELL_TIMEOUT_S, DeviceError, Phone, ShellStream, attached
 from harness.targets.adb.device_state import BatterySampler, Hygiene
-from harness.targets.adb.runtimes import RUNTIMES, RunnerAdapter
+from harness.targets.adb.runtimes import ReferenceRunner, RunnerAdapter
 
 FOLDER = "/data/local/tmp/hil-harness"
 MANIFEST = ".manifest.json"  # {path in FOLDER: sha256} of what was pushed
@@ -48,7 +48,7 @@ def open_adb_targets(serial: str | None) -> list[AdbTarget]:
 class AdbTarget:
     def __init__(self, phone: Phone, hygiene: Hygiene | None = None) -> None:
         self.phone = phone
-        self.runtimes: dict[str, RunnerAdapter] = {name: runtime() for name, runtime in RUNTIMES.items()}
+        self.runner: RunnerAdapter = ReferenceRunner()
         self.hygiene = hygiene or Hygiene()
         self._hashes: dict[tuple[Path, float, int], str] = {}
         try:
@@ -81,14 +81,11 @@ class AdbTarget:
         yield protocol.State("before", before.as_dict())
         deadline = time.monotonic() + timeout_s
         runtime = job.variant["runtime"]
-        if runtime == "llamacpp":
+        if runtime != "reference":
             yield from self._native(job, deadline, timeout_s)
             yield protocol.State("after", self.phone.state().as_dict())
             return
-        if runtime not in self.runtimes:
-            raise TargetError(f"runtime {runtime!r} is not known to the adb target; known: llamacpp, "
-                              f"{', '.join(self.runtimes)}")
-        adapter = self.runtimes[runtime]
+        adapter = self.runner
         self.deploy(adapter.files(job), deadline)
         self.phone.push(adapter.job_file(job), f"{FOLDER}/job.json", _left(deadline))
         command = f"cd {shlex.quote(FOLDER)} && echo $$ && exec {adapter.command('job.json')}"
@@ -100,21 +97,19 @@ class AdbTarget:
         yield protocol.State("after", after.as_dict(), energy)
 
     def _native(self, job: Job, deadline: float, timeout_s: float) -> Iterator[protocol.Event]:
-        """A native tool per request (`harness.run.native`): an emulated phone runs the host
-        build, a real one the scenario's device build (`llamacpp.device_bin`)."""
-        if not self.info.emulated and not job.tools_dir:
-            raise TargetError(f"device {self.phone.serial}: runtime 'llamacpp' on a phone needs the scenario's "
-                              "llamacpp.device_bin, the folder of an arm64 build's binaries (README: real phones)")
+        """A native tool per request (`harness.run.native`); an emulated phone runs llama.cpp's
+        host build, a real one the scenario's device build."""
+        runtime = job.variant["runtime"]
         try:
-            plan = native.plan(job, None if self.info.emulated else Path(job.tools_dir))
+            plan = native.plan(job, native.Place(host_build=self.info.emulated, root=FOLDER, soc=self.info.soc))
             self.deploy(plan.files, deadline)
-            binaries = [inside_folder(path) for path in plan.files if "/bin/" in path]
+            binaries = [inside_folder(path) for path in plan.files if "/bin/" in path or path.endswith("llama_main")]
             self.phone.check("chmod 755 " + " ".join(shlex.quote(path) for path in binaries))
             yield from native.events(job, plan, lambda argv, env, left: self._execute(argv, env, left), deadline)
         except native.ToolFailed as exc:
             raise TargetError(str(exc)) from None
         except TimeoutError:
-            raise TargetError(f"runtime 'llamacpp' timed out after {timeout_s:g} s (killed on the device)") from None
+            raise TargetError(f"runtime {runtime!r} timed out after {timeout_s:g} s (killed on the device)") from None
 
     def _execute(self, argv: list[str], env: dict[str, str], timeout_s: float) -> native.Outcome:
         """One tool process on the device, under toybox's `time -v` (its peak RSS), in its own
