@@ -106,7 +106,8 @@ def test_the_tool_command_quotes_nothing_itself_and_sizes_the_cache() -> None:
     assert argv[argv.index("-c") + 1] == str(len(native._tokenizer("smollm2-135m-instruct").encode("it's $(rm -rf /)")) + 8)
 
 
-def test_devices_lists_the_runtimes_deployed_with_versions(document) -> None:
+def test_devices_lists_the_runtimes_deployed_with_versions(document, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per device, no cell wrapped
     out = harness("devices")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("llamacpp: 0.5.0-dev (build 1, commit 0c1e570)") == 2  # both emulated phones

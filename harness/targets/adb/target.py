@@ -214,16 +214,21 @@ class AdbTarget:
 
     def deployed_runtimes(self) -> dict[str, str]:
         """Runtime -> version of what this device can run now: the reference runner where the
-        harness is installed, llama.cpp where its tools were deployed (their `--version`)."""
+        harness is installed, llama.cpp where its tools were deployed (their `--version`),
+        Genie and ExecuTorch where their binaries were (they print their version only as
+        they run, so it is in each result's `jobs` record)."""
         found = {}
         reference = self.phone.shell("python3 -c 'import harness; print(harness.__version__)'")
         if reference.code == 0:
             found["reference"] = f"harness {reference.stdout.strip()}"
         manifest = json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
-        tools = sorted(path for path in manifest if path.startswith(f"{native.TOOLS_FOLDER}/bin/llama-"))
+        tools = sorted(path for path in manifest if path.startswith("llamacpp/bin/llama-"))
         if tools:
             answer = self.phone.shell(f"cd {shlex.quote(FOLDER)} && {shlex.quote(tools[0])} --version")
             found["llamacpp"] = llamacpp.version(answer.stdout + answer.stderr) or f"unknown ({tools[0]} --version failed)"
+        for runtime, binary in (("genie", "genie/bin/genie-t2t-run"), ("executorch", "executorch/llama_main")):
+            if binary in manifest:
+                found[runtime] = "deployed (version: in each result)"
         return found
 
     def cleanup(self) -> None:
