@@ -18,6 +18,7 @@ Genie model folders; the user's llama_main and .pte files.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -165,7 +166,7 @@ def _genie(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
     models_on_device = f"{place.root}/genie/models/{variant.precision}"
     config = genie.dialog_config(json.loads(_exists(folder / "genie_config.json", variant).read_text()), variant,
                                  models_on_device)
-    files[f"genie/{variant.key}.json"] = _written(config, f"{variant.key}.json")
+    files[f"genie/{variant.key}.json"] = _written(config)
     invocations = [Invocation(p["id"], warmup, text, genie.command(f"genie/{variant.key}.json", text, adapter), adapter)
                    for p, warmup, text in _requests(job) for adapter in variant.adapters or (None,)]
     env = {"LD_LIBRARY_PATH": f"{place.root}/genie/lib", "ADSP_LIBRARY_PATH": f"{place.root}/genie/{htp}"}
@@ -206,11 +207,13 @@ def _tree(folder: Path, under: str, pattern: str, skip: frozenset[str] | set[str
             if file.is_file() and file.name not in skip}
 
 
-def _written(document: dict, name: str) -> Path:
-    """A generated file, kept where the deployment's hash cache can read it."""
-    path = Path(tempfile.gettempdir()) / "hil-harness-generated" / name
+def _written(document: dict) -> Path:
+    """A generated file, kept where the deployment's hash cache can read it (named by its
+    content, so runs writing different ones at once do not meet)."""
+    text = json.dumps(document, indent=1)
+    path = Path(tempfile.gettempdir()) / "hil-harness-generated" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
 
 

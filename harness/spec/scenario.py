@@ -218,6 +218,7 @@ def load_scenario(path: str | Path) -> Scenario:
         if why := problem(variant):
             raise HarnessError(f"{path}: variants: variant {variant.key}: {why}")
     check_runtimes(path, "targets", spec.targets, variants)
+    _check_runtime_settings(path, spec, variants)
     baseline = _pick(path, "baseline", spec.baseline, variants)
     for number, budget in enumerate(spec.budgets):
         if budget.against is not None:
@@ -260,6 +261,22 @@ def check_runtimes(where: Path | str, field: str, targets: list[str], variants: 
         for variant in variants:
             if why := runtime_problem(spec, variant.runtime):
                 raise HarnessError(f"{where}: {field}: {why} (variant {variant.key})")
+
+
+def _check_runtime_settings(path: Path, spec: ScenarioFile, variants: list[Variant]) -> None:
+    """Genie and ExecuTorch run the user's files: the scenario must name them."""
+    for variant in variants:
+        if variant.runtime == "genie":
+            needed = {"genie.sdk": spec.genie.sdk, f"genie.models.{variant.precision}":
+                      spec.genie.models.get(variant.precision)}
+        elif variant.runtime == "executorch":
+            needed = {"executorch.llama_main": spec.executorch.llama_main,
+                      f"executorch.models.{variant.precision}": spec.executorch.models.get(variant.precision)}
+        else:
+            continue
+        for field, value in needed.items():
+            if value is None:
+                raise HarnessError(f"{path}: {field}: needed by variant {variant.key} (README: Native runtimes)")
 
 
 def _check_prompts(path: Path, variants: list[Variant], prompts: list[Prompt]) -> None:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 
-from harness.emulators.adb import AdbServer
 from harness.run.protocol import Job
-from harness.targets.registry import open_targets
 from harness.targets.adb.runtimes import ReferenceRunner
 
 SIZE = 100 * 1000 * 1000
@@ -37,17 +34,6 @@ class IdleRunner(ReferenceRunner):
 
     def command(self, job_file: str) -> str:
         return "sh idle.sh"
-
-
-@pytest.fixture(scope="module")
-def phone(tmp_path_factory):
-    server = AdbServer(["galaxy-s24"], tmp_path_factory.mktemp("devices")).start()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
-        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
-        (target,) = open_targets("adb")
-        yield target
-    server.close()
 
 
 def test_push_100_mb_at_200_mb_per_s(phone, benchmark, tmp_path) -> None:

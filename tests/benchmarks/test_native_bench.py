@@ -12,28 +12,14 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
-from harness.emulators.adb import AdbServer
 from harness.run import native
 from harness.run.protocol import Job
 from harness.spec.variant import Variant
 from harness.targets.local import LocalTarget
-from harness.targets.registry import open_targets
 
 PROMPTS = [{"id": f"p{i}", "prompt": f"Count to {i}:", "template": "raw"} for i in range(8)]
 JOB = Job("smollm2-135m-instruct", Variant(precision="int4", runtime="llamacpp").as_dict(), PROMPTS, 4, 0)
-
-
-@pytest.fixture(scope="module")
-def phone(tmp_path_factory):
-    server = AdbServer(["galaxy-s24"], tmp_path_factory.mktemp("devices")).start()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
-        patch.setenv("ADBUTILS_ADB_PATH", "/bin/false")
-        (target,) = open_targets("adb")
-        yield target
-    server.close()
 
 
 def _overhead_ms(target, monkeypatch, module, name: str) -> float:
