@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-
 from harness.run import native
 from harness.run.protocol import Job
 from harness.spec.variant import Variant
