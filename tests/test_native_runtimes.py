@@ -1,9 +1,12 @@
-"""llama.cpp's real tools (the host build) as a runtime of a variant, beside the reference engine:
-on the local target and on two emulated phones through the real adb path."""
+"""Native runtimes as a runtime of a variant: llama.cpp's real tools (the host build) beside the
+reference engine, on the local target and two emulated phones through the real adb path; and
+what Genie and ExecuTorch, which cannot run here, are given on an emulated phone."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -19,12 +22,17 @@ SCENARIO = REPO / "scenarios" / "runtimes.yaml"
 
 
 @pytest.fixture(scope="module")
-def document(server, tmp_path_factory) -> dict:
+def run_folder(server, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("runtimes")
     run = harness("run", str(SCENARIO), "--target", "local", "--target", "adb", "--db", str(folder / "r.sqlite"),
                   "--json", str(folder / "r.json"), "--report", str(folder / "r.html"))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    return json.loads((folder / "r.json").read_text())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def document(run_folder) -> dict:
+    return json.loads((run_folder / "r.json").read_text())
 
 
 def _native(document: dict) -> list[dict]:
@@ -49,6 +57,14 @@ def test_each_native_result_names_its_binary_model_file_and_counter_sources(docu
         assert record["model_file"] == {"fp16": "SmolLM2-135M-Instruct.F16.gguf",
                                         "int4": "SmolLM2-135M-Instruct.Q4_1.gguf"}[variant["precision"]]
         assert set(record["counter_sources"]) >= {"load_ms", "tool_peak_rss_bytes"}
+
+
+def test_the_report_names_each_results_runtime_binary_and_model_file(run_folder) -> None:
+    html = (run_folder / "r.html").read_text()
+    assert html.count("llamacpp: llama-completion 0.5.0-dev (build 1, commit 0c1e570) · "
+                      "SmolLM2-135M-Instruct.F16.gguf") == 3  # fp16 greedy on local and both phones
+    assert html.count("llamacpp: llama-batched 0.5.0-dev (build 1, commit 0c1e570) · "
+                      "SmolLM2-135M-Instruct.Q4_1.gguf") == 3
 
 
 def test_native_counters_are_the_tools_own_and_none_is_guessed(document) -> None:
