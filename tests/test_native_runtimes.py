@@ -43,7 +43,7 @@ def test_every_variant_runs_on_every_target_labelled(document) -> None:
     results = document["results"]
     assert {(r["variant"]["runtime"], r["target"]["kind"]) for r in results} == {
         (runtime, kind) for runtime in ("reference", "llamacpp") for kind in ("local", "adb")}
-    assert len(results) == 6 * 3 and all(r["status"] == "ok" for r in results)
+    assert len(results) == 8 * 3 and all(r["status"] == "ok" for r in results)
     assert all(r["target"]["emulated"] == (r["target"]["kind"] == "adb") for r in results)
 
 
@@ -62,7 +62,7 @@ def test_each_native_result_names_its_binary_model_file_and_counter_sources(docu
 def test_the_report_names_each_results_runtime_binary_and_model_file(run_folder) -> None:
     html = (run_folder / "r.html").read_text()
     assert html.count("llamacpp: llama-completion 0.5.0-dev (build 1, commit 0c1e570) · "
-                      "SmolLM2-135M-Instruct.F16.gguf") == 3  # fp16 greedy on local and both phones
+                      "SmolLM2-135M-Instruct.F16.gguf") == 6  # fp16, fp16 with adapters: on local and both phones
     assert html.count("llamacpp: llama-batched 0.5.0-dev (build 1, commit 0c1e570) · "
                       "SmolLM2-135M-Instruct.Q4_1.gguf") == 3
 
@@ -73,18 +73,37 @@ def test_native_counters_are_the_tools_own_and_none_is_guessed(document) -> None
         rate = "batch_decode_tokens_per_s" if result["variant"]["streams"] > 1 else "decode_tokens_per_s"
         assert metrics[rate]["median"] > 0 and metrics["load_ms"]["median"] > 0
         assert not {"ttft_ms", "e2e_ms", "itl_ms", "peak_rss_bytes", "pss_bytes"} & set(metrics)  # not printed
-        assert metrics[rate]["n"] == 2  # the warm-up request is stored apart
+        per_prompt = len(result["variant"]["adapters"]) or 1  # one tool process per prompt and adapter
+        assert metrics[rate]["n"] == 2 * per_prompt  # the warm-up request is stored apart
     for fp16 in (r for r in _native(document) if r["variant"]["precision"] == "fp16"):
         # the F16 file's 271 MB are paged in: the tool's own peak, not the harness's nor time's 8 MB
         assert 270_000_000 < fp16["metrics"]["tool_peak_rss_bytes"]["median"] < 1_000_000_000
 
 
 def test_agreement_with_the_reference_engine_is_reported(document) -> None:
-    for result in _native(document):
+    base_model = [r for r in _native(document) if not r["variant"]["adapters"]]
+    for result in base_model:
         assert 0 <= result["metrics"]["agreement_with_baseline"]["median"] <= 1
-    same_weights = [r for r in _native(document) if r["variant"]["precision"] == "fp16"]
+    same_weights = [r for r in base_model if r["variant"]["precision"] == "fp16"]
     # F16 weights are the reference fp16's values: llama.cpp's greedy text matches ours
     assert all(r["metrics"]["agreement_with_baseline"]["median"] >= 0.9 for r in same_weights)
+
+
+def test_lora_adapters_on_llamacpp_say_what_ours_say(document) -> None:
+    """The PEFT adapters converted by llama.cpp's own converter, applied with --lora on the F16
+    weights: per target, prompt and adapter, the same text as the reference engine's."""
+    outputs = {}
+    for result in document["results"]:
+        if result["variant"]["adapters"]:
+            for output in result["outputs"]:
+                key = (result["target"]["name"], output["prompt_id"], output["adapter"])
+                outputs.setdefault(key, {})[result["variant"]["runtime"]] = output["text"]
+    assert {adapter for _, _, adapter in outputs} == {"formal", "polite"} and len(outputs) == 3 * 2 * 2
+    same = sum(texts["llamacpp"] == texts["reference"] for texts in outputs.values())
+    assert same >= len(outputs) - 1, outputs  # fp16 rounding may tip one greedy choice
+    lora = next(r for r in _native(document) if r["variant"]["adapters"])
+    assert "agreement_with_baseline" not in lora["metrics"]  # adapter outputs differ from the base model's on purpose
+    assert lora["metrics"]["style_score"]["n"] == 2 * 2  # scored with each adapter's style markers
 
 
 # -- a tool that fails --------------------------------------------------------------------------

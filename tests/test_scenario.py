@@ -46,8 +46,10 @@ BAD = {
     "missing prompts file": ({"workload": {"prompts": "nowhere.jsonl"}}, "workload.prompts", "file not found"),
     "unknown key": ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
     "unknown runtime": ({"variants": {"runtime": ["mlc"]}}, "variants.runtime.0", "'reference', 'llamacpp', 'genie' or"),
-    "runtime cannot serve": ({"variants": {"runtime": ["llamacpp"], "precision": ["fp16"], "adapters": [["formal"]]}},
-                             "variants", "variant fp16-s1-greedy-formal-llamacpp: runtime 'llamacpp': LoRA adapters"),
+    "runtime cannot serve": ({"variants": {"runtime": ["llamacpp"], "precision": ["fp16"], "adapters": [["formal"]],
+                                           "lora_mode": ["merged"]}},
+                             "variants", "variant fp16-s1-greedy-formal-merged-llamacpp: runtime 'llamacpp': applies "
+                                         "adapters with --lora"),
     "runtime the target cannot run": ({"variants": {"runtime": ["genie"], "precision": ["int4"]},
                                        "baseline": {"runtime": "genie"}},
                                       "targets", "target 'local' cannot run runtime 'genie'; it runs on: adb"),

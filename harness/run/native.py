@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -32,7 +33,7 @@ from harness.engine.gguf_file import model_path, read_gguf
 from harness.engine.tokenizer import Tokenizer
 from harness.measure import timev
 from harness.runtimes import build, executorch, genie, llamacpp
-from harness.runtimes.models import gguf_file
+from harness.runtimes.models import gguf_file, lora_file
 from harness.runtimes.report import ToolOutputError, ToolReport
 from harness.run import protocol
 from harness.run.protocol import Job
@@ -113,6 +114,8 @@ def plan(job: Job, place: Place) -> Plan:
         return planners[variant.runtime](job, variant, place, job.runtime_settings or {})
     except genie.ConfigError as exc:
         raise ToolFailed(f"runtime 'genie': {exc}") from None
+    except RuntimeError as exc:  # making a GGUF (llama-quantize, the LoRA converter) failed
+        raise ToolFailed(str(exc)) from None
 
 
 def _requests(job: Job) -> list[tuple[dict, bool, str]]:
@@ -133,7 +136,9 @@ def _llamacpp(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
                          "the folder of an arm64 build's binaries (README: real phones)")
     name = f"llama-{llamacpp.tool(variant)}"
     model = gguf_file(job.model, variant.precision, host_tools)
+    loras = {adapter: lora_file(job.model, Path(job.adapters_dir) / adapter, host_tools) for adapter in variant.adapters}
     files = {f"llamacpp/bin/{name}": _exists(tools / name, variant), f"models/{model.name}": model}
+    files |= {f"models/{lora.name}": lora for lora in loras.values()}
     libraries = [] if place.host_build else sorted((tools.parent / "lib").glob("*.so"))
     files |= {f"llamacpp/lib/{library.name}": library for library in libraries}
     tokenizer = _tokenizer(job.model)
@@ -141,10 +146,11 @@ def _llamacpp(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
     context = max(len(tokenizer.encode(text)) for _, _, text in requests) + job.max_new_tokens
     threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
     invocations = []
-    for prompt, warmup, text in requests:
+    for (prompt, warmup, text), adapter in itertools.product(requests, variant.adapters or (None,)):
+        lora = f"models/{loras[adapter].name}" if adapter else None
         argv = llamacpp.command(variant, f"models/{model.name}", text, len(tokenizer.encode(text)),
-                                job.max_new_tokens, context, threads)
-        invocations.append(Invocation(prompt["id"], warmup, text, [f"llamacpp/bin/{argv[0]}", *argv[1:]]))
+                                job.max_new_tokens, context, threads, lora)
+        invocations.append(Invocation(prompt["id"], warmup, text, [f"llamacpp/bin/{argv[0]}", *argv[1:]], adapter))
     end_token = tokenizer.backend.id_to_token(tokenizer.eos_id)
     return Plan("llamacpp", name, files, {"LD_LIBRARY_PATH": "llamacpp/lib"} if libraries else {}, model.name,
                 invocations, lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr,
@@ -168,7 +174,7 @@ def _genie(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
                                  models_on_device)
     files[f"genie/{variant.key}.json"] = _written(config)
     invocations = [Invocation(p["id"], warmup, text, genie.command(f"genie/{variant.key}.json", text, adapter), adapter)
-                   for p, warmup, text in _requests(job) for adapter in variant.adapters or (None,)]
+                   for (p, warmup, text), adapter in itertools.product(_requests(job), variant.adapters or (None,))]
     env = {"LD_LIBRARY_PATH": f"{place.root}/genie/lib", "ADSP_LIBRARY_PATH": f"{place.root}/genie/{htp}"}
     return Plan("genie", "genie-t2t-run", files, env, folder.name, invocations,
                 lambda out, prompt: genie.parse(out.stdout, out.stderr))

@@ -4,7 +4,8 @@
     python -m harness.runtimes.build --cmake-args  # the CPU flags alone (the Makefile builds the peer with them)
 
 The tools are the commit of the parity peer (llama-cpp-python's own build), so both
-agree. x86 instruction sets come from /proc/cpuinfo: each one ggml can use is ON only if
+agree. The tree's LoRA converter (`convert_lora_to_gguf.py`, with its `conversion/` and
+`gguf-py/`) is kept beside them, in `convert/`. x86 instruction sets come from /proc/cpuinfo: each one ggml can use is ON only if
 this CPU has it (an AVX-512 build dies with SIGILL on a CPU without AVX-512). A build
 lands in ~/.cache/hil-harness/llama.cpp/<version>-<hash of its flags>/ and is reused.
 """
@@ -15,6 +16,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 TOOLS = ("llama-completion", "llama-simple", "llama-batched", "llama-lookahead", "llama-lookup", "llama-quantize")
+CONVERTER = ("convert_lora_to_gguf.py", "conversion", "gguf-py")  # from the tree's root
 PEER = "llama-cpp-python"
 # ggml's x86 options (ggml/CMakeLists.txt) and the /proc/cpuinfo flag each needs
 X86 = {"GGML_AVX": "avx", "GGML_AVX_VNNI": "avx_vnni", "GGML_AVX2": "avx2", "GGML_BMI2": "bmi2", "GGML_FMA": "fma",
@@ -54,8 +57,8 @@ def build(cache: Path = Path.home() / ".cache" / "hil-harness" / "llama.cpp") ->
     version = importlib.metadata.version(PEER)
     args = host_cmake_args()
     folder = cache / f"{version}-{hashlib.sha256(' '.join(args + FIXED).encode()).hexdigest()[:12]}"
-    binaries = folder / "bin"
-    if all((binaries / tool).is_file() for tool in TOOLS):
+    binaries, converter = folder / "bin", folder / "convert"
+    if all((binaries / tool).is_file() for tool in TOOLS) and (converter / CONVERTER[0]).is_file():
         return binaries
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -65,6 +68,14 @@ def build(cache: Path = Path.home() / ".cache" / "hil-harness" / "llama.cpp") ->
         with tarfile.open(sdist) as archive:
             archive.extractall(work, filter="data")
         [source] = work.glob("*/vendor/llama.cpp")
+        for name in CONVERTER:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, converter / name, dirs_exist_ok=True)
+            else:
+                converter.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, converter / name)
+        if all((binaries / tool).is_file() for tool in TOOLS):
+            return binaries
         build_dir = work / "build"
         subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                         *args, *FIXED], check=True, stdout=subprocess.DEVNULL)

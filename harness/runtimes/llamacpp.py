@@ -19,6 +19,8 @@ What it serves (`problem`) and how (`command`): one stream greedy with llama-com
 K streams with llama-batched (the prompt decoded once for all K: prefill "shared"), and
 draft-free self-speculation with llama-lookahead and llama-lookup; greedy everywhere
 (`--temp 0`). Precision is the GGUF type (`GGUF_TYPES`, made by `harness.runtimes.models`).
+LoRA adapters are applied with `--lora` at load, one tool process per request and adapter:
+its adapters are context-wide, so one batch cannot mix them, and switching is a new process.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def problem(variant: Variant) -> str | None:
         return f"decodes K streams greedily (llama-batched); decoding {variant.decoding!r} runs one stream"
     if variant.streams > 1 and variant.prefill != "shared":
         return "decodes the prompt once for all K streams (llama-batched): prefill 'shared'"
-    if variant.adapters:
-        return "LoRA adapters (--lora, converted by convert_lora_to_gguf.py) are not supported yet"
+    if variant.lora_mode != "runtime":
+        return "applies adapters with --lora, beside the weights (lora_mode 'runtime'); merged weights are not built"
     return None
 
 
@@ -74,11 +76,14 @@ def tool(variant: Variant) -> str:
 
 
 def command(variant: Variant, model: str, prompt: str, prompt_tokens: int, max_new_tokens: int, context: int,
-            threads: int | None) -> list[str]:
+            threads: int | None, lora: str | None = None) -> list[str]:
     """The tool's argv (its binary's name first) for one greedy request of `max_new_tokens` tokens;
-    `context`: the KV cache's tokens (llama-batched sizes its own, lookahead needs its default)."""
+    `context`: the KV cache's tokens (llama-batched sizes its own, lookahead needs its default);
+    `lora`: an adapter's GGUF, applied at load beside the weights."""
     name = tool(variant)
     argv = [f"llama-{name}", "-m", model, "-p", prompt, "--temp", "0", "-s", "0"]
+    if lora:
+        argv += ["--lora", lora]
     if name == "batched":  # -n counts the prompt; -kvu: the K sequences share one KV buffer;
         # -lv 4: this tool prints libllama's perf lines (its load time) only at that verbosity
         argv += ["-np", str(variant.streams), "-n", str(prompt_tokens + max_new_tokens), "-kvu", "-lv", "4"]
