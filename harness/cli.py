@@ -38,6 +38,7 @@ from harness.output.report.markdown import markdown_summary
 from harness.analysis.results import build_results, write_json
 from harness.spec.scenario import load_scenario
 from harness.store import DEFAULT_DB, Store
+from harness.targets.adb.client import LOST, DeviceError
 from harness.targets.base import TargetInfo
 from harness.targets.adb.target import FOLDER, open_adb_targets
 
@@ -381,7 +382,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     table.add_column("fingerprint", overflow="fold")
     for target in open_adb_targets(None):
         info = target.info
-        runtimes = "\n".join(f"{name}: {version}" for name, version in target.deployed_runtimes().items())
+        try:
+            runtimes = "\n".join(f"{name}: {version}" for name, version in target.deployed_runtimes().items())
+        except (*LOST, DeviceError) as exc:  # the device went away while asked: say so, list the others
+            runtimes = f"(could not be read: {type(exc).__name__} {exc})"
         table.add_row(info.serial, info.model, info.soc, info.platform, info.sdk, "yes" if info.emulated else "no",
                       runtimes or "none", info.fingerprint)
     _wide(stderr=False).print(table)

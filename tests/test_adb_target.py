@@ -192,6 +192,15 @@ def test_devices_command_lists_identity(server) -> None:
     assert S24 in out.stdout and "SM-S921U" in out.stdout and "SM8750" in out.stdout
 
 
+def test_devices_survives_a_device_lost_while_asked(server, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no cell wrapped
+    inject(server.port, S25, "drop-run:import harness")  # cut while it answers which runtimes it has
+    out = harness("devices")
+    inject(server.port, S25, "clear")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "could not be read" in out.stdout and S24 in out.stdout
+
+
 def test_energy_is_sampled_during_the_window_only(server) -> None:
     """Current and voltage read from the device's sysfs while the window is open, on a monotonic clock."""
     inject(server.port, S24, "battery:none:400")  # discharging, 400 mA at 4.35 V: 1.74 W
