@@ -1,4 +1,4 @@
-"""llama.cpp's tools: reading what they print.
+"""llama.cpp's tools: what they serve, how they are called, and reading what they print.
 
 Text goes to stdout, logs and timings to stderr (`common/log.cpp`). The timing lines have
 had three prefixes over the versions, `llama_print_timings:`, `llama_perf_context_print:`
