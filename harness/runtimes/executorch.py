@@ -1,4 +1,4 @@
-"""ExecuTorch's `llama_main` (and the Qualcomm `qnn_llama_runner`): reading what it prints.
+"""ExecuTorch's `llama_main` (and the Qualcomm `qnn_llama_runner`): how it is called, and reading what it prints.
 
 After generating, the runner prints one stats line to stdout (`extension/llm/runner/
 stats.h`, `print_report`):
