@@ -38,10 +38,12 @@ from harness.runtimes.report import ToolOutputError, ToolReport
 from harness.run import protocol
 from harness.run.protocol import Job
 from harness.spec.variant import Variant
+from harness.targets.base import TargetError
 
 
-class ToolFailed(Exception):
-    """The tool crashed, is missing, or printed what it never prints; the run's stored failure."""
+class ToolFailed(TargetError):
+    """The tool crashed, is missing, or printed what it never prints: a failure of the run,
+    which the orchestrator stores as any target's."""
 
 
 @dataclass(frozen=True)

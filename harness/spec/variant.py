@@ -14,7 +14,7 @@ import itertools
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model
 
 PRECISIONS = ("fp32", "fp16", "int4")
 # ds2d: the reference engine's; lookahead, lookup: llama.cpp's draft-free self-speculation;
@@ -106,13 +106,6 @@ class _Matrix(Strict):
     """Every combination of the axes, plus the explicit variants under `include`."""
 
     include: list[VariantSpec] = []  # type: ignore[valid-type]
-
-    @model_validator(mode="after")
-    def _runnable(self) -> _Matrix:
-        for variant in self.expand():
-            if problem := variant.problem():
-                raise ValueError(f"variant {variant.key}: {problem}")
-        return self
 
     def expand(self) -> list[Variant]:
         axes = [getattr(self, name) for name in _AXES]

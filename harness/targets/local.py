@@ -67,8 +67,6 @@ class LocalTarget:
                     (folder / relative).symlink_to(local.resolve())
                 yield protocol.State("before", host_state())
                 yield from native.events(job, plan, lambda argv, env, left: _execute(folder, argv, env, left), deadline)
-            except native.ToolFailed as exc:
-                raise TargetError(str(exc)) from None
             except TimeoutError:
                 raise TargetError(f"runtime {job.variant['runtime']!r} timed out after {timeout_s:g} s") from None
             yield protocol.State("after", host_state())

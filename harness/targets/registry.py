@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from harness.spec import variant
 from harness.targets.adb.target import open_adb_targets
 from harness.targets.aihub import AiHubSettings, AiHubTarget
 from harness.targets.base import Target
@@ -34,8 +35,7 @@ KINDS: dict[str, Callable[[str | None, object], list[Target]]] = {"local": _loca
 NEEDS_ARGUMENT = {"aihub": 'a device name, e.g. aihub:"Samsung Galaxy S24 (Family)"'}
 # The runtimes each kind runs: this host runs our engine and llama.cpp's host build; a phone
 # (or an emulated one) every runtime; AI Hub compiles our engine's exported graph.
-RUNTIMES = {"local": ("reference", "llamacpp"), "adb": ("reference", "llamacpp", "genie", "executorch"),
-            "aihub": ("reference",)}
+RUNTIMES = {"local": ("reference", "llamacpp"), "adb": variant.RUNTIMES, "aihub": ("reference",)}
 
 
 def runtime_problem(spec: str, runtime: str) -> str | None:

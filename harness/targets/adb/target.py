@@ -106,8 +106,6 @@ class AdbTarget:
             binaries = [inside_folder(path) for path in plan.files if "/bin/" in path or path.endswith("llama_main")]
             self.phone.check("chmod 755 " + " ".join(shlex.quote(path) for path in binaries))
             yield from native.events(job, plan, lambda argv, env, left: self._execute(argv, env, left), deadline)
-        except native.ToolFailed as exc:
-            raise TargetError(str(exc)) from None
         except TimeoutError:
             raise TargetError(f"runtime {runtime!r} timed out after {timeout_s:g} s (killed on the device)") from None
 
@@ -199,7 +197,7 @@ class AdbTarget:
 
     def deploy(self, files: dict[str, Path], deadline: float | None = None) -> list[str]:
         """Push what changed since the last deployment (by sha256); returns the paths pushed."""
-        manifest = json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
+        manifest = self._manifest()
         pushed = []
         for relative, local in files.items():
             path = inside_folder(relative)
@@ -212,6 +210,9 @@ class AdbTarget:
             self.phone.push(json.dumps(manifest, indent=1).encode(), f"{FOLDER}/{MANIFEST}", _left(deadline))
         return pushed
 
+    def _manifest(self) -> dict[str, str]:
+        return json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
+
     def deployed_runtimes(self) -> dict[str, str]:
         """Runtime -> version of what this device can run now: the reference runner where the
         harness is installed, llama.cpp where its tools were deployed (their `--version`),
@@ -221,7 +222,7 @@ class AdbTarget:
         reference = self.phone.shell("python3 -c 'import harness; print(harness.__version__)'")
         if reference.code == 0:
             found["reference"] = f"harness {reference.stdout.strip()}"
-        manifest = json.loads(self.phone.read(f"{FOLDER}/{MANIFEST}") or b"{}")
+        manifest = self._manifest()
         tools = sorted(path for path in manifest if path.startswith("llamacpp/bin/llama-"))
         if tools:
             answer = self.phone.shell(f"cd {shlex.quote(FOLDER)} && {shlex.quote(tools[0])} --version")
