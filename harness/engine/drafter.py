@@ -18,6 +18,7 @@ class DraftTree:
     parents: list[int] = field(default_factory=list)  # [T] index of the parent node, -1 = root
     strength: int = 0  # drafts of equal strength are expected to be accepted alike (0: no draft)
     guess: float = 0.0  # the drafter's prior chance that a node is accepted when its parent is
+    forecast: list[bool] = field(default_factory=list)  # [T] proposed by forecast tokens (empty: none was)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -60,14 +61,17 @@ class DraftTree:
             return self
         new = {old: i for i, old in enumerate(keep)}
         parents = [-1 if self.parents[i] < 0 else new[self.parents[i]] for i in keep]
-        return DraftTree([self.tokens[i] for i in keep], parents, *((self.strength, self.guess) if keep else ()))
+        if not keep:
+            return DraftTree()
+        forecast = [self.forecast[i] for i in keep] if self.forecast else []
+        return DraftTree([self.tokens[i] for i in keep], parents, self.strength, self.guess, forecast)
 
 
 class Drafter(Protocol):
     """Proposes a tree of at most `budget` nodes to follow `context` (prompt + generated, batch 1).
 
-    NGramDrafter looks the context up; a trained forecast-token drafter would implement the
-    same call (keeping what it needs from the model between calls).
+    NGramDrafter looks the context up; forecast.ForecastDrafter also reads the forecast
+    tokens' distributions from the last verify forward (given to it by ds2d.generate).
     """
 
     def propose(self, context: list[int], budget: int) -> DraftTree: ...

@@ -8,10 +8,18 @@ argmax after the last accepted node), so the output is greedy's. The accepted no
 are then moved to the contiguous slots n + 1, ... in every layer; the rest is overwritten
 by later steps.
 
-KV capacity: the tree occupies the slots after its root's, so the full budget up to the last
-token needs max_seq_len >= prompt + max_new_tokens + 62 (largest budget 63, minus one). With
-less (down to greedy's prompt + max_new_tokens, which is checked) trees are clamped to the
-free slots, so only the last steps draft less.
+With forecast tokens (forecast.py) each row also carries k forecast rows, whose outputs draft
+the next step: the n-gram matches and the forecasts are merged into one tree.
+
+Exactness: every row goes through the attention call greedy's one-row step makes, over the
+same keys in the same order (model.RowKeys), and the fp16 and int4 linears are row-invariant
+up to DECODE_ROWS rows, so the accepted rows' logits are greedy's bit for bit; MKL's fp32
+GEMM is not row-invariant, so fp32 DS2D is greedy's up to its rounding (tested identical).
+
+KV capacity: the tree and its forecast rows occupy the slots after the root's, at most
+DECODE_ROWS in all, so the full budget up to the last token needs max_seq_len >= prompt +
+max_new_tokens + DECODE_ROWS - 2. With less (down to greedy's prompt + max_new_tokens, which
+is checked) trees are clamped to the free slots, so only the last steps draft less.
 """
 import math
 import statistics
@@ -22,8 +30,10 @@ import torch
 from torch import Tensor
 
 from harness.engine.drafter import DraftTree, Drafter, NGramDrafter
+from harness.engine.forecast import ForecastDrafter, ForecastTokens
 from harness.engine.generate import Generation, check_lengths
-from harness.engine.model import Transformer
+from harness.engine.model import RowKeys, Transformer
+from harness.engine.precision import DECODE_ROWS
 
 BUDGETS = (0, 1, 3, 7, 15, 31, 63)  # draft nodes; verified rows (budget + 1) are powers of two
 # one forward of `rows` tokens at KV length 300, fp32, 2 threads, min of 7 on the shared 2-core
@@ -73,10 +83,14 @@ class RecentMedian:
 class BudgetController:
     """Picks each step's draft budget to maximise expected tokens per millisecond.
 
-    rate(B) = (1 + accepted(B)) / cost(B + 1 rows); B = 0 is a plain greedy step, rate
-    1 / cost(1). The largest rate wins, so drafting stops as soon as the expected accepted
-    tokens no longer pay for the extra rows, and resumes when they do. A tree smaller than
-    B is verified whole (cost of its own rows); the first step is plain, to measure cost(1).
+    rate(B) = (1 + accepted(B)) / cost(B + 1 rows); B = 0 is a plain step, rate 1 / cost(1).
+    With forecast tokens (group = k + 1 rows per verified token) each budget can also carry
+    the forecast rows, which draft the next step: rate(B, forecast) = (1 + accepted(B) +
+    gain) / cost((B + 1) * group rows). The largest rate wins, so drafting (and forecasting)
+    stops as soon as the expected accepted tokens no longer pay for the extra rows, and
+    resumes when they do; every `probe_every` steps the rows are carried anyway, to keep
+    measuring `gain`. A tree smaller than B is verified whole (cost of its own rows); the
+    first step is plain (with forecast rows if any), to measure a cost.
 
     accepted(B): moving average of how many nodes the first B nodes of a tree would have
     accepted, kept per tree strength (for NGramDrafter, the matched n-gram length). It is
@@ -85,7 +99,9 @@ class BudgetController:
     it gives its acceptance exactly ("shadow" evaluation). Plain steps therefore keep
     learning, at the cost of a few list walks. Before its first sample a strength starts
     from the drafter's guess (a chain accepting each node with chance `guess`), worth
-    `prior_weight` samples.
+    `prior_weight` samples. gain: moving average of how many forecast-proposed nodes the
+    committed tokens walked through in each tree drafted with forecasts (all of its nodes,
+    verified or not: an upper bound on what the rows buy), starting from `prior_gain`.
 
     cost(rows): median of the last 5 measured verify times (forward, argmax, walk, K/V
     moves) per number of rows. A row count without samples is scaled from the nearest
@@ -95,23 +111,37 @@ class BudgetController:
     """
 
     budgets: tuple[int, ...] = BUDGETS
+    group: int = 1  # rows per verified token carrying forecast rows: 1 + k (1: no forecast tokens)
     decay: float = 0.9
     prior_weight: float = 1.0  # of the drafter's guess, in samples
+    prior_gain: float = 0.5  # accepted forecast nodes per step, before the first measurement
+    probe_every: int = 32
     accepted: dict[tuple[int, int], Ema] = field(default_factory=dict)  # (strength, B)
+    gain: Ema = field(init=False)
+    steps: int = 0
     cost_ms: dict[int, RecentMedian] = field(default_factory=dict)  # rows -> ms
     pending: list[tuple[DraftTree, int, tuple[int, ...]]] = field(default_factory=list)  # (tree, start, budgets)
 
-    def choose(self, tree: DraftTree) -> int:
-        best, best_rate = 0, 1.0 / self.cost(1)
-        if not tree or 1 not in self.cost_ms:  # measure a plain step first: the others' baseline
-            return best
-        for budget in self.budgets[1:]:
-            accepted = self.estimate(tree, budget)
-            rate = (1.0 + accepted.value) / self.cost(min(budget, len(tree)) + 1)
-            if rate > best_rate:
-                best, best_rate = budget, rate
-            if budget >= len(tree):  # larger budgets verify the same tree
-                break
+    def __post_init__(self) -> None:
+        self.gain = Ema(self.decay, self.prior_gain, self.prior_weight)
+
+    def choose(self, tree: DraftTree) -> tuple[int, bool]:
+        """-> (draft budget, whether the verified rows carry forecast rows)."""
+        self.steps += 1
+        forecasting = self.group > 1
+        if not self.cost_ms:
+            return 0, forecasting  # measure a cost first
+        probe = forecasting and self.steps % self.probe_every == 0  # keep measuring the forecasts' gain
+        best, best_rate = (0, forecasting), 0.0
+        for carry in (True,) if probe else (False, True) if forecasting else (False,):
+            group, gain = (self.group, self.gain.value) if carry else (1, 0.0)
+            for budget in self.budgets:
+                accepted = self.estimate(tree, budget).value if budget and tree else 0.0
+                rate = (1.0 + accepted + gain) / self.cost((min(budget, len(tree)) + 1) * group)
+                if rate > best_rate:
+                    best, best_rate = (budget, carry), rate
+                if budget >= len(tree):  # larger budgets verify the same tree
+                    break
         return best
 
     def estimate(self, tree: DraftTree, budget: int) -> Ema:
@@ -155,6 +185,8 @@ class BudgetController:
                     undecided.append(budget)
             if undecided:
                 still.append((tree, start, tuple(undecided)))
+            elif any(tree.forecast):
+                self.gain.add(sum(tree.forecast[node] for node in path))
         self.pending = still
 
 
@@ -164,18 +196,22 @@ class StepLog:
     draft_steps: int = 0
     drafted_depth: int = 0  # sum of draft tree depths over draft steps
     accepted: int = 0
+    accepted_forecast: int = 0  # accepted nodes the forecast tokens proposed
+    forecast_steps: int = 0  # decode steps whose rows carried forecast rows
     reached: list[int] = field(default_factory=list)  # [d - 1]: draft steps accepting >= d nodes
     nodes: int = 0
     draft_s: float = 0.0
     verify_s: float = 0.0
 
-    def add(self, tree: DraftTree, path: list[int]) -> None:
+    def add(self, tree: DraftTree, path: list[int], forecast_rows: bool) -> None:
         self.steps += 1
+        self.forecast_steps += forecast_rows
         self.nodes += len(tree)
         if len(tree):
             self.draft_steps += 1
             self.drafted_depth += max(tree.depths)
             self.accepted += len(path)
+            self.accepted_forecast += sum(tree.forecast[i] for i in path) if tree.forecast else 0
             self.reached += [0] * (max(tree.depths) - len(self.reached))
             for d in range(len(path)):
                 self.reached[d] += 1
@@ -187,6 +223,9 @@ class StepLog:
             "tokens_per_step": generated / self.steps,
             "acceptance_rate": self.accepted / max(self.drafted_depth, 1),
             "acceptance_by_depth": [r / self.draft_steps for r in self.reached],
+            "accepted_per_step": self.accepted / max(decode_steps, 1),
+            "forecast_share": self.accepted_forecast / max(self.accepted, 1),
+            "forecast_step_share": self.forecast_steps / max(decode_steps, 1),
             "draft_ms": self.draft_s * 1e3,
             "verify_ms": self.verify_s * 1e3,
             "nodes_per_step": self.nodes / max(decode_steps, 1),
@@ -200,18 +239,28 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos
     """Greedy decoding accelerated by verified draft trees; the tokens are greedy's.
 
     `drafter` defaults to a fresh NGramDrafter and `controller` to a fresh BudgetController;
-    pass a controller to carry its learned acceptance and costs across requests.
+    pass a controller to carry its learned acceptance and costs across requests. With a
+    ForecastDrafter a step whose rows carry forecast rows (the controller decides) costs
+    (nodes + 1) * (k + 1) rows (the controller's `group` must be k + 1), at most DECODE_ROWS:
+    beyond, the engine's fp16 kernels are no longer row-invariant.
 
     stats: steps (model forwards, prefill included, so tokens_per_step * steps = tokens);
     acceptance_rate = accepted draft nodes / sum of verified trees' depths (the most each
     step could accept; for chain drafts, the usual accepted / drafted); acceptance_by_depth
-    [d - 1] = share of draft steps whose accepted path reached depth d; draft_ms and
-    verify_ms totals (drafting + controller, forward + walk + K/V moves); nodes_per_step
-    = draft nodes verified per decode step; plain_step_share = decode steps without draft.
+    [d - 1] = share of draft steps whose accepted path reached depth d; accepted_per_step =
+    accepted draft nodes per decode step; forecast_share = share of the accepted nodes that
+    the forecast tokens proposed (the rest: n-gram matches only); forecast_step_share = decode
+    steps that carried forecast rows; draft_ms and verify_ms
+    totals (drafting + controller, forward + walk + K/V moves); nodes_per_step = draft nodes
+    verified per decode step; plain_step_share = decode steps without draft.
     """
     check_lengths(model, len(prompt_ids), max_new_tokens)
     drafter = drafter or NGramDrafter()
-    controller = controller or BudgetController()
+    forecast = drafter.tokens if isinstance(drafter, ForecastDrafter) else None
+    group = 1 + (0 if forecast is None else forecast.k)  # rows per verified token
+    controller = controller or BudgetController(group=group)
+    if controller.group != group:
+        raise ValueError(f"the controller prices {controller.group} rows per verified token, the drafter needs {group}")
     controller.pending.clear()
     model.reset_caches()
     start = time.perf_counter()
@@ -224,48 +273,73 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos
         controller.resolve(context)
         n = len(context) - 1  # slot and position of the root
         left = max_new_tokens - (len(context) - len(prompt_ids))
-        tree = drafter.propose(context, controller.budgets[-1]).prune(model.max_seq_len - n - 1, left - 1)
+        free = model.max_seq_len - n  # slots from the root's on
+        room = min(free, DECODE_ROWS) // group - 1  # nodes whose rows (with forecast rows) fit
+        tree = drafter.propose(context, controller.budgets[-1]).prune(room, left - 1)
         controller.shadow(tree, len(context))
-        tree = tree.prune(controller.choose(tree), left - 1)
+        budget, carry = controller.choose(tree)
+        tree = tree.prune(budget, left - 1)
+        step_forecast = forecast if carry and free >= group else None  # the last slots take no forecast rows
         t1 = time.perf_counter()
-        path, bonus = verify(model, context[-1], n, tree)
+        path, bonus, ahead = verify(model, context[-1], n, tree, step_forecast)
         t2 = time.perf_counter()
-        controller.observe_cost(len(tree) + 1, (t2 - t1) * 1e3)
+        rows = (len(tree) + 1) * (group if step_forecast is not None else 1)
+        controller.observe_cost(rows, (t2 - t1) * 1e3)
         new = [tree.tokens[i] for i in path] + [bonus]
         new = new[: new.index(eos_id) + 1] if eos_id in new else new
         context += new[:left]
         times += [t2 - start] * len(new[:left])
-        log.add(tree, path)
+        if forecast is not None:
+            drafter.observe(ahead, len(context))
+        log.add(tree, path, step_forecast is not None)
         log.draft_s += t1 - t0
         log.verify_s += t2 - t1
     ids = context[len(prompt_ids) :]
     return Generation(ids, times, len(prompt_ids), log.stats(len(ids)))
 
 
-def verify(model: Transformer, root: int, n: int, tree: DraftTree) -> tuple[list[int], int]:
-    """One forward over root + tree; -> (accepted node indices, bonus token). Keeps their K/V."""
-    tokens = torch.tensor([[root, *tree.tokens]])  # [1, T + 1]
-    input_pos = n + torch.tensor([0, *tree.depths])  # [T + 1]
-    cache_pos = torch.arange(n, n + len(tree) + 1)  # [T + 1]
-    mask = tree_mask(tree, n) if len(tree) else None  # [T + 1, n + T + 1]
-    best = model(tokens, input_pos, cache_pos=cache_pos, mask=mask)[0].argmax(-1).tolist()  # [T + 1]
+def verify(model: Transformer, root: int, n: int, tree: DraftTree,
+           forecast: ForecastTokens | None = None) -> tuple[list[int], int, Tensor | None]:
+    """One forward over root + tree (+ forecast tokens); -> (accepted nodes, bonus token, forecast logits).
+
+    Each row attends the past and its ancestors-or-self in depth order, the keys greedy's
+    step at that position attends, through the same attention call (model.RowKeys): with
+    row-invariant linears (fp16, int4; not MKL's fp32 GEMM) the accepted rows' logits are
+    bit-identical to greedy's. Keeps the accepted nodes' K/V.
+
+    forecast: after each of the T + 1 rows its own k forecast tokens
+    (slots after the tree's, RoPE positions row's + 1 .. + k, attending the row's keys and
+    their group's earlier forecast tokens). Returns the [k, vocab] forecast logits of the
+    last accepted row: they follow the bonus token.
+    """
+    rows, k = len(tree) + 1, 0 if forecast is None else forecast.k
+    depths = [0, *tree.depths]
+    tails = tree_tails(tree, n)
+    positions = [n + d for d in depths]
+    for row in range(rows * (k > 0)):
+        first = n + rows + row * k  # slot of the row's forecast token 1
+        positions += [n + depths[row] + i for i in range(1, k + 1)]
+        tails += [tails[row] + list(range(first, first + i)) for i in range(1, k + 1)]
+    extra = None if forecast is None else forecast.rows(rows)
+    logits = model(torch.tensor([[root, *tree.tokens]]), torch.tensor(positions),
+                   cache_pos=torch.arange(n, n + rows * (k + 1)), keys=RowKeys.after(n, tails), extra=extra)[0]
+    best = logits[:rows].argmax(-1).tolist()  # [T + 1]
     path: list[int] = []
     row = 0  # the root's row; node i is row i + 1
     while (child := tree.children[row].get(best[row])) is not None:
         path.append(child)
         row = child + 1
     keep_path_kv(model, n, path)
-    return path, best[row]
+    ahead = None if forecast is None else logits[rows + row * k : rows + (row + 1) * k]
+    return path, best[row], ahead
 
 
-def tree_mask(tree: DraftTree, n: int) -> Tensor:
-    # -> [T + 1, n + T + 1] bool: all n past slots, then ancestors-or-self (row/column 0 = root)
-    up = torch.tensor([0, *(p + 1 for p in tree.parents)])  # [T + 1] parent row, root its own
-    inside = torch.eye(len(tree) + 1, dtype=torch.bool)  # [T + 1, T + 1]
-    for _ in range(max(tree.depths).bit_length()):  # pointer doubling: reach 2 ** k - 1 levels up
-        inside |= inside.index_select(0, up)  # (not inside[up]: that runs parallel, ~16 ms on a busy CPU)
-        up = up.index_select(0, up)
-    return torch.cat([torch.ones(len(tree) + 1, n, dtype=torch.bool), inside], dim=1)
+def tree_tails(tree: DraftTree, n: int) -> list[list[int]]:
+    """Per row, the slots after 0 .. n - 1 it attends: the root (slot n) n; node i (slot n + 1 + i) its path."""
+    tails: list[list[int]] = [[n]]
+    for i, p in enumerate(tree.parents):
+        tails.append(tails[p + 1] + [n + 1 + i])
+    return tails
 
 
 def keep_path_kv(model: Transformer, n: int, path: list[int]) -> None:
