@@ -313,6 +313,17 @@ def test_adapter_names_cannot_escape_through_deployment(server, tmp_path) -> Non
         target(S25).deploy(files)
 
 
+def test_forecast_tokens_are_deployed_and_the_job_names_the_device_copy(tmp_path) -> None:
+    weights = tmp_path / "forecast" / "smollm2-135m-instruct.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    job = Job("smollm2-135m-instruct", {**FP16, "decoding": "ds2d", "drafter": "forecast"}, ONE_PROMPT, 2, 0,
+              forecast_file=str(weights))
+    runner = ReferenceRunner()
+    assert runner.files(job) == {"forecast/smollm2-135m-instruct.safetensors": weights}
+    assert json.loads(runner.job_file(job))["forecast_file"] == "forecast/smollm2-135m-instruct.safetensors"
+
+
 def test_runner_command_quotes_its_values() -> None:
     command = ReferenceRunner().command("job; touch /data/local/tmp/pwned")
     assert shlex.split(command) == ["python3", "-m", "harness.run.runner", "job; touch /data/local/tmp/pwned"]

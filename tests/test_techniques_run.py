@@ -33,6 +33,7 @@ def document(folder: Path) -> dict:
         folder, PROMPTS,
         variants={"precision": ["fp32"], "include": [
             {"precision": "fp32", "decoding": "ds2d"},
+            {"precision": "fp16", "decoding": "ds2d", "drafter": "forecast"},
             {"precision": "fp32", "adapters": STYLES},
             {"precision": "fp32", "adapters": STYLES, "lora_mode": "merged"},
             {"precision": "fp32", "streams": 2, "adapters": STYLES},
@@ -40,6 +41,7 @@ def document(folder: Path) -> dict:
         ]},
         baseline={"precision": "fp32", "decoding": "greedy", "adapters": [], "graph": "eager"},
         adapters_dir=str(REPO / "fixtures" / "adapters"),
+        forecast_dir=str(REPO / "fixtures" / "forecast"),
         workload={"prompts": "prompts.jsonl", "max_new_tokens": 10, "repetitions": 1, "warmup": 0},
     )
     out = folder / "results.json"
@@ -54,7 +56,7 @@ def result(document: dict, **variant) -> dict:
 
 
 def test_ds2d_reports_its_counters_and_matches_greedy_in_fp32(document: dict) -> None:
-    metrics = result(document, decoding="ds2d")["metrics"]
+    metrics = result(document, decoding="ds2d", drafter="ngram")["metrics"]
     for name in ("tokens_per_step", "acceptance_rate", "draft_ms", "verify_ms", "ds2d_speedup", "plain_step_share"):
         assert metrics[name]["n"] == len(PROMPTS), name
     assert metrics["matches_greedy"]["samples"] == [1.0] * len(PROMPTS)
@@ -66,6 +68,14 @@ def test_ds2d_reports_its_counters_and_matches_greedy_in_fp32(document: dict) ->
     for prompt, speedup in zip(metrics["ds2d_speedup"]["sample_prompts"], metrics["ds2d_speedup"]["samples"]):
         assert 0.2 < speedup <= 2 * per_step[prompt], (prompt, speedup, per_step[prompt])
     assert "itl_ms" not in metrics and metrics["step_ms"]["n"] > 0  # DS2D's tokens arrive per step
+
+
+def test_ds2d_with_forecast_tokens_reports_where_accepted_drafts_came_from(document: dict) -> None:
+    metrics = result(document, decoding="ds2d", drafter="forecast")["metrics"]
+    for name in ("forecast_share", "accepted_per_step", "nodes_per_step", "ds2d_speedup"):
+        assert metrics[name]["n"] == len(PROMPTS), name
+    assert all(0 <= x <= 1 for x in metrics["forecast_share"]["samples"])
+    assert metrics["matches_greedy"]["samples"] == [1.0] * len(PROMPTS)  # fp16: bit-identical rows
 
 
 def test_adapter_variants_report_switch_time_and_bank_bytes(document: dict) -> None:

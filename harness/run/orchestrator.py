@@ -156,6 +156,7 @@ class _Measurement:
             emit_teacher=self.is_baseline,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
+            forecast_file=str(self.scenario.forecast_file) if self.variant.drafter == "forecast" else None,
             delay_ms_per_token=self.delay_ms_per_token,
             runtime_settings=self.scenario.runtime_settings(self.variant.runtime),
         )

@@ -33,6 +33,7 @@ class Job:
     emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
+    forecast_file: str | None = None  # DS2D's forecast tokens, for drafter 'forecast'
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
     runtime_settings: dict | None = None  # the scenario's block for a native runtime (llamacpp:, genie:, ...)
 

@@ -38,7 +38,8 @@ def run(job: Job) -> None:
     # The KV cache holds the longest request of this workload, as a deployment sized for it would.
     longest = max(len(engine.tokenizer.encode(engine.tokenizer.prompt_text(p))) for p in job.prompts)
     adapters_dir = Path(job.adapters_dir) if job.adapters_dir else None
-    server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens)
+    forecast = Path(job.forecast_file) if job.forecast_file else None
+    server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens, forecast)
     load_ms = (time.perf_counter() - start) * 1e3
     emit(protocol.Loaded(
         load_ms=load_ms,

@@ -1,6 +1,7 @@
 """How one variant serves a request with the reference engine: the paper's techniques.
 
-- greedy or DS2D decoding, one stream (DS2D keeps its budget controller across requests);
+- greedy or DS2D decoding, one stream (DS2D keeps its budget controller across requests;
+  its drafter is n-gram matching, or that plus the trained forecast tokens);
   each DS2D request is paired with a plain greedy run of the same prompt in the same
   process (order alternating), so `ds2d_speedup` and `matches_greedy` compare like with
   like instead of two processes run minutes apart;
@@ -21,10 +22,12 @@ from pathlib import Path
 from harness.measure.counters import decode_rate
 from harness.engine import Engine, ds2d
 from harness.engine.generate import Generation
+from harness.engine.drafter import NGramDrafter
+from harness.engine.forecast import ForecastDrafter, ForecastTokens
 from harness.engine.lora import AdapterBank, load_peft, load_weights, merged_sets
 from harness.engine.multistream import generate_streams, generate_with_adapter
 
-DS2D_EXTRA_SLOTS = 64  # KV slots past the sequence that DS2D's largest draft tree occupies
+DS2D_EXTRA_SLOTS = 64  # KV slots past the sequence that DS2D's largest verify forward occupies (DECODE_ROWS)
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Output:
 
 
 class VariantServer:
-    def __init__(self, engine: Engine, variant: dict, adapters_dir: Path | None, max_seq_len: int) -> None:
+    def __init__(self, engine: Engine, variant: dict, adapters_dir: Path | None, max_seq_len: int,
+                 forecast_file: Path | None = None) -> None:
         self.engine, self.variant = engine, variant
         names = variant["adapters"]
         adapters = {name: load_peft(adapters_dir / name, engine.model.config) for name in names}
@@ -44,7 +48,8 @@ class VariantServer:
         self.merged = merged_sets(engine.model, adapters) if variant["lora_mode"] == "merged" else None
         extra = DS2D_EXTRA_SLOTS if variant["decoding"] == "ds2d" else 0
         engine.reserve(max_seq_len + extra, batch=variant["streams"])
-        self.controller = ds2d.BudgetController()
+        self.forecast = ForecastTokens.load(forecast_file, engine.model.config) if forecast_file else None
+        self.controller = ds2d.BudgetController(group=1 + (self.forecast.k if self.forecast else 0))
         self.requests = 0
 
     @property
@@ -77,7 +82,8 @@ class VariantServer:
         for decoding in ("ds2d", "greedy") if self.requests % 2 else ("greedy", "ds2d"):
             start = time.perf_counter()
             if decoding == "ds2d":
-                generation = ds2d.generate(self.engine.model, prompt_ids, max_new_tokens, eos, controller=self.controller)
+                drafter = ForecastDrafter(self.forecast) if self.forecast else NGramDrafter()
+                generation = ds2d.generate(self.engine.model, prompt_ids, max_new_tokens, eos, drafter, self.controller)
             else:
                 generation = self.engine.generate(prompt_ids, max_new_tokens)
             runs[decoding] = generation, time.perf_counter() - start

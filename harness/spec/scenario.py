@@ -159,6 +159,7 @@ class ScenarioFile(Strict):
     device: DeviceRules = DeviceRules()
     compare: CompareSpec = CompareSpec()
     adapters_dir: Path = Path("../fixtures/adapters")  # adapter names are PEFT folders here
+    forecast_dir: Path = Path("../fixtures/forecast")  # <model>.safetensors: DS2D's forecast tokens
     aihub: AiHubSettings = AiHubSettings()
     llamacpp: LlamaCppSettings = LlamaCppSettings()
     genie: GenieSettings = GenieSettings()
@@ -187,6 +188,10 @@ class Scenario:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def forecast_file(self) -> Path:
+        return (self.path.parent / self.spec.forecast_dir / f"{self.spec.model}.safetensors").resolve()
 
     def runtime_settings(self, runtime: str) -> dict | None:
         """The scenario's block for a native runtime, its paths made absolute (relative to the file)."""
@@ -234,7 +239,11 @@ def load_scenario(path: str | Path) -> Scenario:
     variants.sort(key=lambda v: v != baseline)
 
     digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
-    return Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
+    scenario = Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
+    if any(v.drafter == "forecast" for v in variants) and not scenario.forecast_file.is_file():
+        raise HarnessError(f"{path}: forecast_dir: no forecast tokens for {spec.model} ({scenario.forecast_file} "
+                           f"is missing; fixtures/train_forecast.py trains them)")
+    return scenario
 
 
 def _absolute(value: object, base: Path) -> object:

