@@ -188,7 +188,7 @@ def test_controller_goes_plain_when_drafts_fail_and_drafts_when_they_match() -> 
 
 
 def test_controller_carries_forecast_rows_only_while_their_gain_pays() -> None:
-    step_ms = {1: 30.0, 4: 45.0}  # a fake clock: one row, or one row with its 3 forecast rows
+    step_ms = {1: 30.0, 2: 36.0, 4: 45.0}  # a fake clock: verify time by rows (8 rows: 60)
 
     def run(forecasts_right: bool) -> list[bool]:
         controller, context, carried = BudgetController(group=4, probe_every=1000), [0], []
@@ -198,8 +198,11 @@ def test_controller_carries_forecast_rows_only_while_their_gain_pays() -> None:
             controller.shadow(tree, len(context))
             budget, carry = controller.choose(tree)
             carried.append(carry)
+            verified = tree.prune(budget, 1)
+            controller.observe_gain(verified, [0] if verified and forecasts_right else [])
             context += [10 + step if forecasts_right else 99, 98]
-            controller.observe_cost(4 if carry else 1, step_ms[4 if carry else 1])
+            rows = (len(verified) + 1) * (4 if carry else 1)
+            controller.observe_cost(rows, step_ms.get(rows, 60.0))
             controller.resolve(context)
         return carried
 

@@ -99,9 +99,9 @@ class BudgetController:
     it gives its acceptance exactly ("shadow" evaluation). Plain steps therefore keep
     learning, at the cost of a few list walks. Before its first sample a strength starts
     from the drafter's guess (a chain accepting each node with chance `guess`), worth
-    `prior_weight` samples. gain: moving average of how many forecast-proposed nodes the
-    committed tokens walked through in each tree drafted with forecasts (all of its nodes,
-    verified or not: an upper bound on what the rows buy), starting from `prior_gain`.
+    `prior_weight` samples. gain: moving average, over the steps drafted with forecasts, of
+    the accepted nodes the forecasts proposed (0 when the step verified none of them: rows
+    that buy nothing are not worth carrying), starting from `prior_gain`.
 
     cost(rows): median of the last 5 measured verify times (forward, argmax, walk, K/V
     moves) per number of rows. A row count without samples is scaled from the nearest
@@ -185,9 +185,11 @@ class BudgetController:
                     undecided.append(budget)
             if undecided:
                 still.append((tree, start, tuple(undecided)))
-            elif any(tree.forecast):
-                self.gain.add(sum(tree.forecast[node] for node in path))
         self.pending = still
+
+    def observe_gain(self, tree: DraftTree, path: list[int]) -> None:
+        """After a step drafted with forecasts (the last step carried their rows): what they bought."""
+        self.gain.add(sum(tree.forecast[node] for node in path))
 
 
 @dataclass
@@ -278,6 +280,7 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos
         tree = drafter.propose(context, controller.budgets[-1]).prune(room, left - 1)
         controller.shadow(tree, len(context))
         budget, carry = controller.choose(tree)
+        forecast_drafted = any(tree.forecast)
         tree = tree.prune(budget, left - 1)
         step_forecast = forecast if carry and free >= group else None  # the last slots take no forecast rows
         t1 = time.perf_counter()
@@ -291,6 +294,8 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, eos
         times += [t2 - start] * len(new[:left])
         if forecast is not None:
             drafter.observe(ahead, len(context))
+        if forecast_drafted:
+            controller.observe_gain(tree, path)
         log.add(tree, path, step_forecast is not None)
         log.draft_s += t1 - t0
         log.verify_s += t2 - t1
