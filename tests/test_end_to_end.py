@@ -38,7 +38,7 @@ def test_json_has_the_documented_names(smoke_run) -> None:
     for result in doc["results"]:
         assert result["status"] == "ok"
         assert set(result["variant"]) == {"precision", "streams", "decoding", "adapters", "lora_mode", "prefill", "graph",
-                                          "runtime"}
+                                          "runtime", "drafter"}
         assert set(result["target"]) == {"kind", "name", "serial", "model", "soc", "emulated"}
         assert result["target"]["kind"] == "local" and result["target"]["emulated"] is False
         assert {o["prompt_id"] for o in result["outputs"]} == {"capital-france", "continue-raw"}

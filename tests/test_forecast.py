@@ -70,11 +70,11 @@ def test_trained_forecast_drafts_are_accepted_and_lossless(engine: Engine) -> No
     tok = engine.tokenizer
     ids = tok.encode(tok.chat_prompt("Write a Python function that returns the sum of the even numbers in a list."))
     greedy = engine.generate(ids, 48)
-    # a controller that expects the forecasts to pay keeps their rows on: their drafts get verified
-    controller = BudgetController(group=1 + forecast.k, prior_gain=5.0)
+    # probing every step keeps the forecast rows on whatever they cost on this machine
+    controller = BudgetController(group=1 + forecast.k, probe_every=1)
     drafted = generate(engine.model, ids, 48, tok.eos_id, ForecastDrafter(forecast), controller)
     assert drafted.token_ids == greedy.token_ids
-    assert drafted.stats["forecast_step_share"] > 0.5
+    assert drafted.stats["forecast_step_share"] == 1.0
     assert drafted.stats["forecast_share"] > 0.5 and drafted.stats["accepted_per_step"] > 0.1
     with pytest.raises(ValueError, match="rows per verified token"):
         generate(engine.model, ids, 4, tok.eos_id, ForecastDrafter(forecast), BudgetController())

@@ -192,7 +192,6 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, D]
         return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, dim), adapters)
 
-
     def _attend_rows(self, q: Tensor, keys: RowKeys) -> Tensor:
         # q: [1, H, T, D] -> [1, H, T, D]; a group of R rows is a batch of R one-row queries
         y = torch.empty_like(q)
