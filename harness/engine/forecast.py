@@ -5,7 +5,7 @@ token i (i = 1..k) sits at RoPE position t + i, attends x_0 .. x_t and forecast 
 and its output is trained to be x_{t+i+1}, while x_t's own output is x_{t+1}. Appended to
 every node of a DS2D tree in the verify forward, the group of the last accepted node proposes
 the k tokens after the bonus token: the next step's draft, from the same pass. Only the
-k x dim embeddings are learned, by self-distillation on the model's own greedy outputs
+forecast tokens' input embeddings and per-block residual additions are learned, by self-distillation on the model's own greedy outputs
 (fixtures/train_forecast.py); the model is untouched, and the forecast rows' K/V sit in slots
 that no committed token attends.
 """
