@@ -16,6 +16,7 @@ from typing import Literal
 
 import yaml
 
+from harness.analysis import grid
 from harness.analysis.stats import Estimate, Observations, estimate, paired_ratio
 from harness.spec.scenario import Budget, ScenarioFile, Variant
 from harness.targets.base import TargetInfo
@@ -31,6 +32,7 @@ class Verdict:
     measured: Estimate | None  # the budget's statistic, or its ratio to the reference variant's
     outcome: Outcome
     reason: str
+    where: tuple[str, str] | None = None  # per budgets: the grid row's (language, task), "all" for a whole axis
 
     @property
     def passed(self) -> bool:
@@ -58,10 +60,13 @@ def evaluate(document: dict) -> list[Verdict]:
     """Every budget of the run's scenario against every result it applies to."""
     spec = spec_of(document)
     verdicts = []
+    scored = {(entry["variant"], _target_key(entry["target"])): entry for entry in grid.comparisons(document, spec)}
     for result in document["results"]:
         variant = variant_of(result)
         for budget in spec.budgets:
-            if budget.variant.matches(variant):
+            if budget.variant.matches(variant) and budget.per:
+                verdicts += _check_grid(budget, result, scored.get((variant.key, _target_key(result["target"]))))
+            elif budget.variant.matches(variant):
                 against = budget.against or spec.baseline
                 reference = next((r for r in document["results"]
                                   if r["target"] == result["target"] and against.matches(variant_of(r))), None)
@@ -103,9 +108,46 @@ def _check(budget: Budget, result: dict, reference: dict | None) -> Verdict:
         op, outcome = "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
     else:
         op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
-    shown = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE" if budget.decisive else "inconclusive"}
     return verdict(measured, outcome, f"{what} [{lo:.4g}, {hi:.4g}] ({measured.basis}) {op} {limit:g}: "
-                                      f"{shown[outcome]}")
+                                      f"{_SHOWN[budget.decisive][outcome]}")
+
+
+def _check_grid(budget: Budget, result: dict, comparison: dict | None) -> list[Verdict]:
+    """A per budget in each row of the variant's accuracy grid (items as the unit, harness.analysis.grid)."""
+    variant, target = variant_of(result).key, _target_key(result["target"])
+    kind, limit = budget.bound
+    stat = budget.grid_stat
+    if result["status"] != "ok":
+        return [Verdict(budget, variant, target, None, "fail", f"{budget.metric}: variant failed: {result.get('error')}")]
+    if comparison is None:
+        return []  # the variant is what the others are scored against
+    rows = [c for c in comparison["cells"] if c["metric"] == budget.metric and c["stat"] == stat
+            and _in_rows(c, budget.per)]
+    if not rows:
+        return [Verdict(budget, variant, target, None, "fail", f"{budget.metric} per {budget.per}: not measured")]
+    verdicts = []
+    for cell in rows:
+        lo, hi = cell["interval"]
+        if kind.startswith("max"):
+            op, outcome = "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
+        else:
+            op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
+        where = "/".join(part for part in (cell["language"], cell["task"]) if part != grid.ALL)
+        what = "change" if stat == "delta" else stat
+        reason = (f"{budget.metric} {what} in {where} vs {comparison['against']} {cell['value']:.4g} "
+                  f"[{lo:.4g}, {hi:.4g}] (95 % interval, {cell['n']} items) {op} {limit:g}: "
+                  f"{_SHOWN[budget.decisive][outcome]}")
+        verdicts.append(Verdict(budget, variant, target, None, outcome, reason, (cell["language"], cell["task"])))
+    return verdicts
+
+
+def _in_rows(cell: dict, per: str) -> bool:
+    language, task = cell["language"] != grid.ALL, cell["task"] != grid.ALL
+    return {"language": language and not task, "task": task and not language, "cell": language and task}[per]
+
+
+_SHOWN = {decisive: {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE" if decisive else "inconclusive"}
+          for decisive in (True, False)}
 
 
 def _target_key(target: dict) -> str:

@@ -184,10 +184,11 @@ def aa_noise(runs: list[dict]) -> dict[tuple[str, str], float]:
 
 def last_good(store: Store, current: RunRecord) -> RunRecord:
     """The latest earlier run of the same scenario that finished, passed every budget, was
-    not slowed by the test knob and was never found regressed."""
+    not slowed or damaged by a test knob and was never found regressed."""
     earlier = [r for r in store.runs(current.scenario) if r.started_at < current.started_at]
     for run in reversed(earlier):
-        if run.status != "ok" or run.environment.get("test_delay_ms_per_token") or store.regressed(run.run_id):
+        knobbed = run.environment.get("test_delay_ms_per_token") or run.environment.get("test_perturb_language")
+        if run.status != "ok" or knobbed or store.regressed(run.run_id):
             continue
         if not any(v.failed for v in evaluate(build_results(store, run.run_id))):
             return run

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
+from harness.analysis import grid
+from harness.analysis.budgets import spec_of
 from harness.analysis.stats import Observations, summarize
 from harness.store import Sample, Store
 
@@ -50,7 +52,7 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         if jobs := store.jobs(run.run_id, record.variant_key, record.target_key):
             result["jobs"] = jobs  # remote jobs (aihub): ids and links
         results.append(result)
-    return {
+    document = {
         "run_id": run.run_id,
         "scenario": {"name": run.scenario, "path": run.scenario_path, "sha256": run.scenario_sha256,
                      "yaml": run.scenario_yaml, "prompts": run.prompts},
@@ -60,6 +62,9 @@ def build_results(store: Store, run_id: str | None = None) -> dict:
         "environment": run.environment,
         "results": results,
     }
+    # the accuracy suite's language x task grid, items as the unit (harness.analysis.grid)
+    document["accuracy"] = grid.comparisons(document, spec_of(document))
+    return document
 
 
 def summarize_metrics(samples: list[Sample]) -> dict:

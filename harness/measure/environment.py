@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 from harness.measure.host import cpu_model
 
 TEST_DELAY_VAR = "HARNESS_TEST_DELAY_MS_PER_TOKEN"
+TEST_PERTURB_VAR = "HARNESS_TEST_PERTURB_LANGUAGE"
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -46,8 +47,19 @@ def test_delay_ms_per_token() -> float:
     return value
 
 
+def test_perturb_language() -> str | None:
+    """The planted-degradation test knob: every variant but the ones the others are scored
+    against gets noise on the embedding rows of the tokens only this language's accuracy
+    items use (harness.run.runner), so the accuracy grid must show a loss there and not elsewhere.
+
+    Set by HARNESS_TEST_PERTURB_LANGUAGE (a language code of the suite); recorded in the run's
+    environment like the delay knob, so such a run is never taken for a normal one.
+    """
+    return os.environ.get(TEST_PERTURB_VAR, "").strip() or None
+
+
 def host_environment() -> dict:
-    delay = test_delay_ms_per_token()
+    delay, perturb = test_delay_ms_per_token(), test_perturb_language()
     return {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -59,6 +71,7 @@ def host_environment() -> dict:
         "harness_version": __version__,
         "git_commit": git_commit(),
         **({"test_delay_ms_per_token": delay} if delay else {}),
+        **({"test_perturb_language": perturb} if perturb else {}),
     }
 
 

@@ -60,8 +60,7 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
-    _execute(scenario, targets, store, run_id, _BaselineOutputs(), environment.get("test_delay_ms_per_token", 0.0),
-             on_step)
+    _execute(scenario, targets, store, run_id, _BaselineOutputs(), test_knobs(environment), on_step)
     return run_id
 
 
@@ -92,12 +91,18 @@ def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Targ
         for output in store.outputs(run_id, scenario.baseline.key, target.info.key):
             if output["adapter"] is None:
                 baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
-    delay = store.run(run_id).environment.get("test_delay_ms_per_token", 0.0)  # a resumed run keeps its knob
-    _execute(scenario, targets, store, run_id, baseline, delay, on_step, done)
+    knobs = test_knobs(store.run(run_id).environment)  # a resumed run keeps its knobs
+    _execute(scenario, targets, store, run_id, baseline, knobs, on_step, done)
+
+
+def test_knobs(environment: dict) -> dict:
+    """The test knobs a run was started with (harness.measure.environment), as Job fields."""
+    return {"delay_ms_per_token": environment.get("test_delay_ms_per_token", 0.0),
+            "perturb_language": environment.get("test_perturb_language")}
 
 
 def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
-             baseline_outputs: _BaselineOutputs, delay: float, on_step: Step,
+             baseline_outputs: _BaselineOutputs, knobs: dict, on_step: Step,
              done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
     failed: set[tuple[str, str]] = set()
     try:
@@ -108,7 +113,7 @@ def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: st
                     if key in failed or (*key, repetition) in done:
                         continue
                     measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs,
-                                           delay)
+                                           knobs)
                     try:
                         measure.run(on_step)
                     except TargetError as exc:
@@ -130,34 +135,39 @@ class _BaselineOutputs:
         self.tokens: dict[tuple[str, int, str], list[int]] = {}
         self.texts: dict[tuple[str, int, str], str] = {}
         self.teachers: dict[tuple[str, int], dict[str, dict]] = {}
+        self.reference_teachers: dict[tuple[str, int], dict[str, dict]] = {}  # "<prompt id>/<adapter or ''>"
 
 
 class _Measurement:
     """One repetition of one variant on one target: one runner process."""
 
     def __init__(self, scenario: Scenario, store: Store, run_id: str, target: Target, variant: Variant,
-                 repetition: int, baseline_outputs: _BaselineOutputs, delay_ms_per_token: float) -> None:
+                 repetition: int, baseline_outputs: _BaselineOutputs, knobs: dict) -> None:
         self.scenario, self.store, self.run_id = scenario, store, run_id
         self.target, self.variant, self.repetition = target, variant, repetition
         self.baseline = baseline_outputs
-        self.delay_ms_per_token = delay_ms_per_token  # the test knob (harness.measure.environment), whole run
+        self.knobs = knobs  # the test knobs (harness.measure.environment), whole run
         self.is_baseline = variant == scenario.baseline
-        self.references = {p.id: p.reference for p in scenario.prompts}
+        self.is_teacher = variant in scenario.teachers  # scores the accuracy items' references for the others
+        self.prompts = {p.id: p for p in scenario.prompts}
         self.style_markers = {name: load_markers(scenario.adapters_dir / name) for name in variant.adapters}
 
     def run(self, on_step: Step) -> None:
         workload = self.scenario.spec.workload
+        reference_teachers = self.baseline.reference_teachers.get((self.target.info.key, self.repetition))
         job = Job(
             model=self.scenario.spec.model,
             variant=self.variant.as_dict(),
             prompts=[p.model_dump() for p in self.scenario.prompts],
             max_new_tokens=workload.max_new_tokens,
             warmup=workload.warmup,
-            emit_teacher=self.is_baseline,
+            emit_teacher=self.is_teacher,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
+            reference_teachers=None if self.is_teacher else reference_teachers,
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
             forecast_file=str(self.scenario.forecast_file) if self.variant.drafter == "forecast" else None,
-            delay_ms_per_token=self.delay_ms_per_token,
+            delay_ms_per_token=self.knobs["delay_ms_per_token"],
+            perturb_language=None if self.is_teacher else self.knobs["perturb_language"],
             runtime_settings=self.scenario.runtime_settings(self.variant.runtime),
         )
         for event in self.target.run(job, workload.timeout_s):
@@ -173,10 +183,16 @@ class _Measurement:
             case protocol.Request():
                 self._request(event)
                 on_step(f"{target_key} {self.variant.key} rep {self.repetition + 1}")
+            case protocol.Teacher(prompt_id=prompt_id, teacher=teacher, on="reference", adapter=adapter):
+                teachers = self.baseline.reference_teachers.setdefault((target_key, self.repetition), {})
+                teachers[f"{prompt_id}/{adapter or ''}"] = teacher
             case protocol.Teacher(prompt_id=prompt_id, teacher=teacher):
-                self.baseline.teachers.setdefault((target_key, self.repetition), {})[prompt_id] = teacher
+                if self.is_baseline:  # the adapter baseline's outputs are not the baseline's
+                    self.baseline.teachers.setdefault((target_key, self.repetition), {})[prompt_id] = teacher
             case protocol.Fidelity():
                 self._store(counters.fidelity_samples(event, self.repetition))
+            case protocol.ReferenceFidelity():
+                self._store(counters.reference_fidelity_samples(event, self.repetition))
             case protocol.State(phase=phase, state=state):
                 self.store.add_device_state(self.run_id, self.variant.key, target_key, self.repetition, phase, state)
                 self._store(counters.device_samples(event, self.repetition))
@@ -194,7 +210,7 @@ class _Measurement:
         if self.is_baseline and not warmup and base_model_output:
             self.baseline.tokens[key], self.baseline.texts[key] = event.token_ids, event.text
         samples = counters.request_samples(
-            event, self.repetition, self.references[prompt_id],
+            event, self.repetition, self.prompts[prompt_id],
             self._baseline_tokens(key) if base_model_output else None,
             self.style_markers.get(event.adapter),
         )

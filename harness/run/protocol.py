@@ -32,9 +32,12 @@ class Job:
     warmup: int
     emit_teacher: bool = False  # the baseline: send top-k log-probs of its outputs
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
+    # accuracy suite items: "<prompt id>/<adapter or ''>" -> the baseline's Teacher on the item's reference
+    reference_teachers: dict[str, dict] | None = None
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
     forecast_file: str | None = None  # DS2D's forecast tokens, for drafter 'forecast'
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)
+    perturb_language: str | None = None  # test knob: damage this language's tokens (harness.measure.environment)
     runtime_settings: dict | None = None  # the scenario's block for a native runtime (llamacpp:, genie:, ...)
 
     def dump(self, path: Path) -> None:
@@ -93,10 +96,24 @@ class Measured(Event, name="measured"):
 
 @dataclass(frozen=True)
 class Teacher(Event, name="teacher"):
-    """The baseline's top-k log-probs along its own output, for the others' KL."""
+    """The baseline's top-k log-probs along its own output (`on` "output"), for the others' KL,
+    or along an accuracy item's reference (`on` "reference", per adapter)."""
 
     prompt_id: str
     teacher: dict  # engine.fidelity.Teacher fields
+    on: str = "output"
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceFidelity(Event, name="reference_fidelity"):
+    """This variant against the baseline's teacher on an item's reference, after the timed work."""
+
+    prompt_id: str
+    kld: list[float]  # per reference position
+    top1_agreement: float
+    ppl_ratio: float
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,15 @@ def run(job: Job) -> None:
     engine = load_engine(job.model, job.variant["precision"], graph=job.variant["graph"])
     # before the server compiles the decode step (if the variant does), so the graph includes the hook
     slowdown = _slow_down(engine.model, job.delay_ms_per_token) if job.delay_ms_per_token else None
-    # The KV cache holds the longest request of this workload, as a deployment sized for it would.
-    longest = max(len(engine.tokenizer.encode(engine.tokenizer.prompt_text(p))) for p in job.prompts)
+    if job.perturb_language:
+        _perturb(engine, job.prompts, job.perturb_language)
+    # The KV cache holds the longest request of this workload, as a deployment sized for it would,
+    # or the longest accuracy item's prompt and reference (teacher-forced after the timed work).
+    longest = max(len(engine.tokenizer.encode(engine.tokenizer.prompt_text(p)))
+                  + max(job.max_new_tokens, len(engine.tokenizer.encode(_reference(p)))) for p in job.prompts)
     adapters_dir = Path(job.adapters_dir) if job.adapters_dir else None
     forecast = Path(job.forecast_file) if job.forecast_file else None
-    server = VariantServer(engine, job.variant, adapters_dir, longest + job.max_new_tokens, forecast)
+    server = VariantServer(engine, job.variant, adapters_dir, longest, forecast)
     load_ms = (time.perf_counter() - start) * 1e3
     emit(protocol.Loaded(
         load_ms=load_ms,
@@ -58,6 +62,7 @@ def run(job: Job) -> None:
         slowdown.remove()  # fidelity scoring is untimed
     server.restore_base()  # fidelity is of the variant's weights, without adapters
     _fidelity(engine, job, outputs)
+    _reference_fidelity(server, job, {p: ids for p, (ids, _) in outputs.items()})
     emit(protocol.Done())
 
 
@@ -76,6 +81,52 @@ def _fidelity(engine, job: Job, outputs: dict[str, tuple[list[int], list[int]]])
         elif job.teachers and prompt_id in job.teachers:
             kld = fidelity.kl_divergence(engine.model, fidelity.Teacher(**job.teachers[prompt_id]))
             emit(protocol.Fidelity(prompt_id, kld))
+
+
+def _reference_fidelity(server, job: Job, prompt_ids: dict[str, list[int]]) -> None:
+    """Accuracy items: the baseline's teacher on each reference (per adapter, applied as the
+    variant applies it), or this variant scored against it."""
+    from harness.engine import fidelity
+
+    tokenizer = server.engine.tokenizer
+    for prompt in job.prompts:
+        if not _reference(prompt):
+            continue
+        reference_ids = tokenizer.encode(_reference(prompt))
+        for adapter in job.variant["adapters"] or [None]:
+            key = f"{prompt['id']}/{adapter or ''}"
+            with server.applied(adapter) as inputs:
+                if job.emit_teacher:
+                    teacher = fidelity.teacher(server.engine.model, prompt_ids[prompt["id"]], reference_ids, inputs)
+                    emit(protocol.Teacher(prompt["id"], teacher.as_dict(), on="reference", adapter=adapter))
+                elif job.reference_teachers and key in job.reference_teachers:
+                    scored = fidelity.compare(server.engine.model, fidelity.Teacher(**job.reference_teachers[key]),
+                                              inputs)
+                    emit(protocol.ReferenceFidelity(prompt["id"], scored.kld, sum(scored.top1) / len(scored.top1),
+                                                    scored.ppl_ratio, adapter))
+
+
+def _reference(prompt: dict) -> str:
+    """An accuracy item's reference text ('' for other prompts): teacher-forced after its prompt."""
+    return prompt["reference"] if prompt.get("language") and isinstance(prompt.get("reference"), str) else ""
+
+
+def _perturb(engine, prompts: list[dict], language: str) -> None:
+    """The planted-degradation test knob: noise on the embedding rows of the tokens that the
+    accuracy items of `language` use and no other language's items do (tied to the output
+    head, so those tokens are both read and predicted worse)."""
+    import torch
+
+    tokenizer = engine.tokenizer
+    used: dict[bool, set[int]] = {True: set(), False: set()}
+    for prompt in prompts:
+        if prompt.get("language"):
+            text = prompt["prompt"] + " " + str(prompt.get("reference") or "")
+            used[prompt["language"] == language].update(tokenizer.encode(text))
+    rows = torch.tensor(sorted(used[True] - used[False]), dtype=torch.long)
+    weight = engine.model.tok_embeddings.weight
+    noise = torch.randn(len(rows), weight.shape[1], generator=torch.Generator().manual_seed(0))
+    weight[rows] += (noise * weight.float().std()).to(weight.dtype)
 
 
 def _request(server, prompt: dict, max_new_tokens: int, warmup: bool) -> tuple[list[int], list[int]]:

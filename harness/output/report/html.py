@@ -14,6 +14,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from harness.analysis import grid
 from harness.analysis.budgets import Verdict, evaluate, spec_of, variant_of
 from harness.output.format import fmt
 from harness.analysis.history import Series
@@ -234,6 +235,7 @@ def render_html(document: dict, verdicts: list[Verdict] | None = None, trends: l
         baseline_key=baseline_key,
         verdicts=verdicts,
         headline=_headline(document, verdicts),
+        accuracy=_accuracy(document, verdicts),
         tables=_metric_tables(document, baseline_key),
         output_columns=columns,
         outputs=outputs,
@@ -252,3 +254,41 @@ def write_html(document: dict, path: Path, verdicts: list[Verdict] | None = None
                trends: list[Series] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(document, verdicts, trends), encoding="utf-8")
+
+
+def _accuracy(document: dict, verdicts: list[Verdict]) -> list[dict]:
+    """Per comparison of the accuracy grid, one language x task table per metric and statistic;
+    a cell is coloured by the verdict of a per budget on it, else by whether its interval
+    excludes no change (task scores)."""
+    judged = {(v.variant, v.target, v.budget.metric, v.budget.grid_stat, v.where): v for v in verdicts if v.where}
+    out = []
+    for entry in grid.comparisons(document, spec_of(document)):
+        target = TargetInfo(**entry["target"]).key
+        tables = []
+        for metric, stat in dict.fromkeys((c["metric"], c["stat"]) for c in entry["cells"]):
+            cells = {(c["language"], c["task"]): c for c in entry["cells"] if (c["metric"], c["stat"]) == (metric, stat)}
+            languages = list(dict.fromkeys(k[0] for k in cells if k[0] != grid.ALL)) + [grid.ALL]
+            tasks = list(dict.fromkeys(k[1] for k in cells if k[1] != grid.ALL)) + [grid.ALL]
+            rows = [[_grid_cell(cells.get((language, task)), judged.get((entry["variant"], target, metric, stat,
+                                                                          (language, task))), METRICS[metric].better)
+                     for task in tasks] for language in languages]
+            tables.append({"metric": METRICS[metric], "stat": stat, "tasks": tasks, "languages": languages,
+                           "rows": rows})
+        out.append({"variant": entry["variant"], "against": entry["against"], "target": _target_label(entry["target"]),
+                    "tables": tables})
+    return out
+
+
+def _grid_cell(cell: dict | None, verdict: Verdict | None, better: str) -> dict:
+    if cell is None:
+        return {"text": "", "interval": "", "css": "", "title": ""}
+    lo, hi = cell["interval"]
+    if verdict is not None:
+        css = "fail" if verdict.failed else verdict.outcome
+    elif cell["stat"] == "delta" and (lo > 0 or hi < 0):
+        css = "better" if (lo > 0) == (better == "higher") else "worse"
+    else:
+        css = ""
+    sign = "+" if cell["stat"] == "delta" and cell["value"] > 0 else ""
+    return {"text": f"{sign}{fmt(cell['value'])}", "interval": f"[{fmt(lo)}, {fmt(hi)}] n={cell['n']}", "css": css,
+            "title": verdict.reason if verdict else ""}
