@@ -134,8 +134,9 @@ def _check_grid(budget: Budget, result: dict, comparison: dict | None) -> list[V
             op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
         where = "/".join(part for part in (cell["language"], cell["task"]) if part != grid.ALL)
         what = "change" if stat == "delta" else stat
+        rests = f"{cell['n']} items" if cell["basis"] == "items" else cell["basis"]
         reason = (f"{budget.metric} {what} in {where} vs {comparison['against']} {cell['value']:.4g} "
-                  f"[{lo:.4g}, {hi:.4g}] (95 % interval, {cell['n']} items) {op} {limit:g}: "
+                  f"[{lo:.4g}, {hi:.4g}] (95 % interval, {rests}) {op} {limit:g}: "
                   f"{_SHOWN[budget.decisive][outcome]}")
         verdicts.append(Verdict(budget, variant, target, None, outcome, reason, (cell["language"], cell["task"])))
     return verdicts

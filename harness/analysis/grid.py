@@ -14,6 +14,12 @@ varies is which items were asked. Each item's value is the mean over its repetit
 
 Rows come per (language, task), per language over all tasks (task "all") and per task over
 all languages (language "all"). An interval of a single item is the point itself, and says so (n = 1).
+
+A variant on llama.cpp has no per-item fidelity: llama-perplexity --kl-divergence scores each
+cell's text as a whole (harness.run.native) and prints means with standard errors over the
+positions it scored. Its cells carry those: mean +- 1.96 standard errors (positions taken as
+independent: narrower than an interval over items would be), p99 as a point; its "all" rows
+are position-weighted means of its cells, their errors combined as independent, and no p99.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Cell:
     interval: tuple[float, float]
     variant_mean: float | None = None  # task scores: both sides' means
     against_mean: float | None = None
+    basis: str = "items"  # what the interval rests on
 
 
 def comparisons(document: dict, spec: ScenarioFile) -> list[dict]:
@@ -79,12 +86,40 @@ def cells(result: dict, reference: dict, items: dict[str, tuple[str, str]]) -> l
             paired = [i for i in ids if i in mine and i in theirs]
             if paired:
                 out.append(_delta(language, task, metric, [mine[i] for i in paired], [theirs[i] for i in paired]))
+    tool = [job for job in result.get("jobs", []) if job.get("kind") == "kl_divergence"]
+    if tool:
+        return out + _tool_cells(tool)
     for metric, stat in FIDELITY:
         positions = _positions(result, metric)
         for (language, task), ids in groups.items():
             values = [positions[i] for i in ids if i in positions]
             if values:
                 out.append(_fidelity(language, task, metric, stat, values))
+    return out
+
+
+# llama-perplexity's summary fields per grid statistic: (value, standard error)
+_TOOL = {("tf_kld", "mean"): ("kld_mean", "kld_mean_se"), ("tf_kld", "p99"): ("kld_p99", None),
+         ("tf_top1_agreement", "mean"): ("same_top_p", "same_top_p_se"),
+         ("tf_ppl_ratio", "geomean"): ("ppl_ratio", "ppl_ratio_se")}
+
+
+def _tool_cells(records: list[dict]) -> list[Cell]:
+    out = []
+    rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for record in records:
+        for key in ((record["language"], record["task"]), (record["language"], ALL), (ALL, record["task"])):
+            rows[key].append(record)
+    for (language, task), group in rows.items():
+        positions = np.array([r["positions"] for r in group])
+        weights = positions / positions.sum()
+        for (metric, stat), (field, error) in _TOOL.items():
+            if len(group) > 1 and error is None:
+                continue  # a percentile of the pooled positions is not a mix of the cells'
+            value = float(weights @ np.array([r[field] for r in group]))
+            half = 1.96 * float(np.sqrt(weights**2 @ np.array([r[error] ** 2 for r in group]))) if error else 0.0
+            out.append(Cell(language, task, metric, stat, sum(r["items"] for r in group), value,
+                            (value - half, value + half), basis=f"llama-perplexity, {int(positions.sum())} positions"))
     return out
 
 

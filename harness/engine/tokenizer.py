@@ -47,6 +47,10 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=True)
 
+    def token_text(self, token: int) -> str:
+        """A token as the vocabulary spells it (special tokens too)."""
+        return self.backend.id_to_token(token)
+
     def chat_prompt(self, user: str) -> str:
         messages = [{"role": "user", "content": user}]
         return self.template.render(messages=messages, add_generation_prompt=True)

@@ -25,16 +25,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.engine.gguf_file import model_path, read_gguf
+from harness.engine.gguf_file import MODELS, model_path, read_gguf
 from harness.engine.tokenizer import Tokenizer
 from harness.measure import timev
 from harness.runtimes import build, executorch, genie, llamacpp
 from harness.runtimes.models import gguf_file, lora_file
 from harness.runtimes.report import ToolOutputError, ToolReport
+from harness.runtimes.vocab import LlamaCppVocab
 from harness.run import protocol
 from harness.run.protocol import Job
 from harness.spec.variant import Variant
@@ -89,6 +90,18 @@ class Plan:
     invocations: list[Invocation]
     read: Callable[[Outcome, str], ToolReport]  # a finished run and its prompt -> the tool's report
     version_argv: list[str] | None = None  # None: the version is in each run's output
+    kl_runs: list[KlRun] = field(default_factory=list)  # after the requests: fidelity on the accuracy items
+
+
+@dataclass(frozen=True)
+class KlRun:
+    """llama-perplexity --kl-divergence on one language x task cell of the accuracy items:
+    the variant it is scored against saves its log-probs, then this variant is scored."""
+
+    language: str
+    task: str
+    items: int
+    argvs: list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -102,8 +115,10 @@ class Place:
 
 
 @functools.cache
-def _tokenizer(model: str) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(read_gguf(model_path(model)).metadata)
+def _tokenizer(model: str) -> Tokenizer | LlamaCppVocab:
+    if MODELS[model].family == "llama":
+        return Tokenizer.from_gguf_metadata(read_gguf(model_path(model)).metadata)
+    return LlamaCppVocab(model_path(model))
 
 
 def plan(job: Job, place: Place) -> Plan:
@@ -153,11 +168,38 @@ def _llamacpp(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
         argv = llamacpp.command(variant, f"models/{model.name}", text, len(tokenizer.encode(text)),
                                 job.max_new_tokens, context, threads, lora)
         invocations.append(Invocation(prompt["id"], warmup, text, [f"llamacpp/bin/{argv[0]}", *argv[1:]], adapter))
-    end_token = tokenizer.backend.id_to_token(tokenizer.eos_id)
-    return Plan("llamacpp", name, files, {"LD_LIBRARY_PATH": "llamacpp/lib"} if libraries else {}, model.name,
-                invocations, lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr,
-                                                               prompt, end_token),
-                [f"llamacpp/bin/{name}", "--version"])
+    end_token = tokenizer.token_text(tokenizer.eos_id)
+    kl_files, kl_runs = _kl_runs(job, variant, model, host_tools, tools, threads)
+    return Plan("llamacpp", name, files | kl_files, {"LD_LIBRARY_PATH": "llamacpp/lib"} if libraries else {},
+                model.name, invocations,
+                lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr, prompt, end_token),
+                [f"llamacpp/bin/{name}", "--version"], kl_runs)
+
+
+def _kl_runs(job: Job, variant: Variant, model: Path, host_tools: Path, tools: Path,
+             threads: int | None) -> tuple[dict[str, Path], list[KlRun]]:
+    """The accuracy items' fidelity, llama-perplexity's way: per language x task, the text of the
+    cell's items (prompt and reference) scored in chunks of KL_CONTEXT tokens. One log-probs file
+    is reused cell after cell (a cell's is ~0.5 MB per scored position with Gemma's vocabulary)."""
+    items = [p for p in job.prompts if p.get("language") and isinstance(p.get("reference"), str)]
+    if job.against is None or not items or variant.adapters:
+        return {}, []
+    base = gguf_file(job.model, job.against["precision"], host_tools)
+    files = {"llamacpp/bin/llama-perplexity": _exists(tools / "llama-perplexity", variant), f"models/{base.name}": base}
+    tokenizer, runs = _tokenizer(job.model), []
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for item in items:
+        cells.setdefault((item["language"], item["kind"]), []).append(item)
+    for (language, task), cell in cells.items():
+        text = "\n\n".join(f"{tokenizer.prompt_text(p)} {p['reference']}" for p in cell)
+        if len(tokenizer.encode(text)) < llamacpp.KL_MIN_TOKENS:
+            continue
+        relative = f"kl/{language}-{task}.txt"
+        files[relative] = _written(text, ".txt")
+        argvs = llamacpp.perplexity_commands(f"models/{base.name}", f"models/{model.name}", relative, "kl/base.kld",
+                                             threads)
+        runs.append(KlRun(language, task, len(cell), [[f"llamacpp/bin/{a[0]}", *a[1:]] for a in argvs]))
+    return files, runs
 
 
 def _genie(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
@@ -193,7 +235,7 @@ def _executorch(job: Job, variant: Variant, place: Place, settings: dict) -> Pla
                               executorch.command(f"executorch/{pte.name}", f"executorch/{tokenizer.name}", text,
                                                  job.max_new_tokens))
                    for p, warmup, text in _requests(job)]
-    end_token = _tokenizer(job.model).backend.id_to_token(_tokenizer(job.model).eos_id)
+    end_token = _tokenizer(job.model).token_text(_tokenizer(job.model).eos_id)
     return Plan("executorch", "llama_main", files, {}, pte.name, invocations,
                 lambda out, prompt: executorch.parse(out.stdout, out.stderr, prompt, end_token))
 
@@ -215,11 +257,11 @@ def _tree(folder: Path, under: str, pattern: str, skip: frozenset[str] | set[str
             if file.is_file() and file.name not in skip}
 
 
-def _written(document: dict) -> Path:
+def _written(document: dict | str, suffix: str = ".json") -> Path:
     """A generated file, kept where the deployment's hash cache can read it (named by its
     content, so runs writing different ones at once do not meet)."""
-    text = json.dumps(document, indent=1)
-    path = Path(tempfile.gettempdir()) / "hil-harness-generated" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    text = document if isinstance(document, str) else json.dumps(document, indent=1)
+    path = Path(tempfile.gettempdir()) / "hil-harness-generated" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
@@ -256,6 +298,24 @@ def events(job: Job, plan: Plan, execute: Execute, deadline: float) -> Iterator[
         if outcome.max_rss_bytes is not None:
             values["tool_peak_rss_bytes"] = float(outcome.max_rss_bytes)
         yield protocol.Counters(invocation.prompt_id, values, invocation.adapter, invocation.warmup)
+    for run in plan.kl_runs:
+        yield _kl_divergence(job, run, plan, execute, deadline)
+
+
+def _kl_divergence(job: Job, run: KlRun, plan: Plan, execute: Execute, deadline: float) -> protocol.RemoteJob:
+    """One cell's two llama-perplexity runs -> a record of its summary (harness.analysis.grid reads it)."""
+    for argv in run.argvs:
+        outcome = execute(argv, plan.env, _left(deadline))
+        if outcome.code != 0:
+            tail = "\n".join(outcome.stderr.strip().splitlines()[-5:]) or "(stderr empty)"
+            raise ToolFailed(f"llama-perplexity exited with code {outcome.code}; its last stderr lines:\n{tail}")
+    try:
+        values = llamacpp.parse_kl_divergence(outcome.stdout + outcome.stderr)
+    except ToolOutputError as exc:
+        raise ToolFailed(str(exc)) from None
+    return protocol.RemoteJob({"kind": "kl_divergence", "tool": "llama-perplexity", "language": run.language,
+                               "task": run.task, "items": run.items, "against": Variant.from_dict(job.against).key,
+                               **values})
 
 
 def text_tokens(model: str, text: str, limit: int, ended: bool) -> list[int]:

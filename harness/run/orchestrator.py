@@ -164,6 +164,7 @@ class _Measurement:
             emit_teacher=self.is_teacher,
             teachers=None if self.is_baseline else self.baseline.teachers.get((self.target.info.key, self.repetition)),
             reference_teachers=None if self.is_teacher else reference_teachers,
+            against=None if self.is_teacher else self.scenario.against(self.variant).as_dict(),
             adapters_dir=str(self.scenario.adapters_dir) if self.variant.adapters else None,
             forecast_file=str(self.scenario.forecast_file) if self.variant.drafter == "forecast" else None,
             delay_ms_per_token=self.knobs["delay_ms_per_token"],

@@ -34,6 +34,7 @@ class Job:
     teachers: dict[str, dict] | None = None  # prompt id -> the baseline's Teacher, to score KL against
     # accuracy suite items: "<prompt id>/<adapter or ''>" -> the baseline's Teacher on the item's reference
     reference_teachers: dict[str, dict] | None = None
+    against: dict | None = None  # the variant the accuracy items score this one against (native runtimes run it too)
     adapters_dir: str | None = None  # where the variant's adapters (PEFT folders) are
     forecast_file: str | None = None  # DS2D's forecast tokens, for drafter 'forecast'
     delay_ms_per_token: float = 0.0  # test knob: sleep after each decode step (see harness.measure.environment)

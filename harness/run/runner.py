@@ -112,21 +112,23 @@ def _reference(prompt: dict) -> str:
 
 
 def _perturb(engine, prompts: list[dict], language: str) -> None:
-    """The planted-degradation test knob: noise on the embedding rows of the tokens that the
-    accuracy items of `language` use and no other language's items do (tied to the output
-    head, so those tokens are both read and predicted worse)."""
+    """The planted-degradation test knob: noise on the input embeddings of the tokens that the
+    accuracy items of `language` use and no other language's items do (the tied output head is
+    left alone), so the model reads those tokens worse and nothing else changes."""
     import torch
 
     tokenizer = engine.tokenizer
     used: dict[bool, set[int]] = {True: set(), False: set()}
     for prompt in prompts:
-        if prompt.get("language"):
-            text = prompt["prompt"] + " " + str(prompt.get("reference") or "")
-            used[prompt["language"] == language].update(tokenizer.encode(text))
+        if prompt.get("language"):  # its tokens as served and as teacher-forced
+            ids = tokenizer.encode(tokenizer.prompt_text(prompt)) + tokenizer.encode(_reference(prompt))
+            used[prompt["language"] == language].update(ids)
     rows = torch.tensor(sorted(used[True] - used[False]), dtype=torch.long)
-    weight = engine.model.tok_embeddings.weight
-    noise = torch.randn(len(rows), weight.shape[1], generator=torch.Generator().manual_seed(0))
-    weight[rows] += (noise * weight.float().std()).to(weight.dtype)
+    embeddings = engine.model.tok_embeddings
+    scale = float(embeddings(rows).float().std())
+    delta = torch.zeros(engine.model.config.vocab_size, engine.model.config.dim)
+    delta[rows] = torch.randn(len(rows), delta.shape[1], generator=torch.Generator().manual_seed(0)) * scale
+    embeddings.register_forward_hook(lambda _, inputs, output: output + delta[inputs[0]].to(output.dtype))
 
 
 def _request(server, prompt: dict, max_new_tokens: int, warmup: bool) -> tuple[list[int], list[int]]:

@@ -23,7 +23,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-TOOLS = ("llama-completion", "llama-simple", "llama-batched", "llama-lookahead", "llama-lookup", "llama-quantize")
+TOOLS = ("llama-completion", "llama-simple", "llama-batched", "llama-lookahead", "llama-lookup", "llama-quantize",
+         "llama-perplexity")
 CONVERTER = ("convert_lora_to_gguf.py", "conversion", "gguf-py")  # from the tree's root
 PEER = "llama-cpp-python"
 # ggml's x86 options (ggml/CMakeLists.txt) and the /proc/cpuinfo flag each needs

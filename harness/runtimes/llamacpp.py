@@ -160,3 +160,45 @@ def _counters(tool: str, fields: dict[str, float]) -> tuple[dict[str, float], di
         found["accepted_tokens"] = (fields.get("n_accept"), "n_accept")
         found["drafted_tokens"] = (fields.get("n_drafted"), "n_drafted")
     return counters(found, f"llama-{tool}")
+
+
+# llama-perplexity --kl-divergence (tools/perplexity/perplexity.cpp, kl_divergence()): its summary
+_KL_LINES = {
+    "kld_mean": re.compile(r"^Mean\s+KLD:\s*(?P<v>-?[\d.]+)\s*±\s*(?P<se>[\d.]+)", re.M),
+    "kld_p99": re.compile(r"^99\.0%\s+KLD:\s*(?P<v>-?[\d.]+)", re.M),
+    "same_top_p": re.compile(r"^Same top p:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>[\d.]+)\s*%", re.M),
+    "ppl_ratio": re.compile(r"^Mean PPL\(Q\)/PPL\(base\)\s*:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>[\d.]+)", re.M),
+}
+_KL_CHUNKS = re.compile(r"computing over (?P<chunks>\d+) chunks, n_ctx=(?P<ctx>\d+)")
+KL_CONTEXT = 64  # tokens per chunk: the first half is context, the other 31 are scored
+# it prints no statistics below 100 scored positions ("we do not wish to do statistics on so few values")
+KL_MIN_TOKENS = 4 * KL_CONTEXT
+
+
+def perplexity_commands(base_model: str, model: str, text: str, logits: str, threads: int | None) -> list[list[str]]:
+    """llama-perplexity's two runs of --kl-divergence: `base_model` saves its log-probs of every
+    scored token of `text` to `logits`, then `model` is scored against them."""
+    thread_args = ["-t", str(threads)] if threads else []
+    common = ["-c", str(KL_CONTEXT), "-b", str(KL_CONTEXT), "--kl-divergence-base", logits, *thread_args]
+    return [["llama-perplexity", "-m", base_model, "-f", text, *common],
+            ["llama-perplexity", "-m", model, "--kl-divergence", *common]]
+
+
+def parse_kl_divergence(output: str) -> dict[str, float]:
+    """llama-perplexity --kl-divergence's summary: mean KLD and its standard error, the 99th
+    percentile, the share of positions with the same top token (a fraction) and its standard
+    error, the mean PPL(Q)/PPL(base) and its standard error, and the positions scored."""
+    found: dict[str, float] = {}
+    for name, pattern in _KL_LINES.items():
+        m = pattern.search(output)
+        if m is None:
+            raise ToolOutputError("llama-perplexity", f"its {name.replace('_', ' ')} line", output)
+        scale = 0.01 if name == "same_top_p" else 1.0  # printed in %
+        found[name] = float(m["v"]) * scale
+        if m.groupdict().get("se") is not None:
+            found[f"{name}_se"] = float(m["se"]) * scale
+    chunks = _KL_CHUNKS.search(output)
+    if chunks:
+        ctx = int(chunks["ctx"])
+        found["positions"] = float(int(chunks["chunks"]) * (ctx - 1 - ctx // 2))
+    return found

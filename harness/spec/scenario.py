@@ -251,6 +251,10 @@ class Scenario:
         """The variants whose teacher-forced distributions the others are scored against."""
         return (self.baseline,) + ((self.adapter_baseline,) if self.adapter_baseline else ())
 
+    def against(self, variant: Variant) -> Variant:
+        """What `variant` is scored against on the accuracy items (harness/analysis/grid.py says how)."""
+        return self.adapter_baseline if variant.adapters and self.adapter_baseline else self.baseline
+
     @property
     def name(self) -> str:
         return self.spec.name
