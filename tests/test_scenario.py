@@ -67,6 +67,16 @@ BAD = {
     "wrong type": ({"workload": {"prompts": "prompts.jsonl", "max_new_tokens": "many"}}, "workload.max_new_tokens", "valid integer"),
     "unknown target": ({"targets": ["toaster"]}, "targets", "allowed: local"),
     "unknown budget metric": ({"budgets": [{"metric": "speed", "max": 1}]}, "budgets.0.metric", "allowed: load_ms"),
+    "suite language not in the suite": ({"workload": {"suite": str(REPO / "fixtures/accuracy"), "languages": ["en", "xx"]}},
+                                        "workload.languages", "xx not in the suite; allowed: en, ko"),
+    "prompts and a suite": ({"workload": {"prompts": "prompts.jsonl", "suite": "anywhere"}}, "workload",
+                            "give exactly one of prompts, suite"),
+    "a change bound without per": ({"budgets": [{"metric": "chrf", "min_delta": -1}]}, "budgets.0",
+                                   "min_delta judges the accuracy grid: give per"),
+    "a per budget on a latency": ({"budgets": [{"metric": "ttft_ms", "per": "language", "max": 1}]}, "budgets.0",
+                                  "ttft_ms is not in the accuracy grid"),
+    "gemma on the reference engine": ({"model": "gemma3-270m"}, "variants",
+                                      "the reference engine runs LLaMA-family models; model gemma3-270m runs on"),
     "baseline selects nothing": ({"baseline": {"precision": "fp16"}, "variants": {"precision": ["fp32"]}}, "baseline", "selects 0"),
 }
 

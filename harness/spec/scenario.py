@@ -29,7 +29,7 @@ from harness.measure.scores import TASK_SCORES
 from harness.runtimes import problem, prompt_problem
 from harness.engine.gguf_file import MODELS
 from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
-from harness.spec.suite import load_suite
+from harness.spec.suite import load_suite, suite_file
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
 from harness.targets.registry import check_target_spec, runtime_problem
@@ -342,6 +342,13 @@ def _workload_prompts(path: Path, spec: ScenarioFile) -> tuple[list[Prompt], byt
     folder = (path.parent / workload.suite).resolve()
     if not (folder / "suite.yaml").is_file():
         raise HarnessError(f"{path}: workload.suite: no suite.yaml in {folder}")
+    suite = suite_file(folder)
+    for field, wanted, known in (("languages", workload.languages, list(suite.languages)),
+                                 ("tasks", workload.tasks, suite.tasks)):
+        unknown = [name for name in wanted or () if name not in known]
+        if unknown:
+            raise HarnessError(f"{path}: workload.{field}: {', '.join(unknown)} not in the suite; "
+                               f"allowed: {', '.join(known)}")
     prompts = load_suite(folder, MODELS[spec.model].instruct, workload.languages, workload.tasks,
                          workload.items_per_cell)
     return prompts, "".join(p.model_dump_json() for p in prompts).encode()

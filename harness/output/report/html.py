@@ -26,7 +26,8 @@ from harness.targets.base import TargetInfo
 CHART_LIMIT = 16  # variant x target rows in one chart
 TREND_LINES = 12  # series in one trend chart
 TREND_METRICS = ("decode_tokens_per_s", "ttft_ms", "e2e_ms", "peak_rss_bytes")
-SIDE_BY_SIDE = 6  # output columns shown side by side; more: one table per prompt
+SIDE_BY_SIDE = 6
+GRID_OPEN = {("chrf", "delta"), ("tf_top1_agreement", "mean")}  # the accuracy grid's tables shown unfolded  # output columns shown side by side; more: one table per prompt
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("harness.output.report", "templates"),
@@ -66,8 +67,10 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
     """Each comparison the scenario declares: a budget on a ratio between two variants, or on a
     counter that is itself a comparison (DS2D vs greedy, K streams vs K runs, KL vs the baseline)."""
     spec, results = spec_of(document), document["results"]
-    rows = []
+    rows = _grid_headline(verdicts, results)
     for v in verdicts:
+        if v.where:
+            continue  # per budgets: one row each, above
         budget, metric = v.budget, METRICS[v.budget.metric]
         kind, limit = budget.bound
         ratio = kind.endswith("_ratio")
@@ -87,6 +90,33 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
             "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if ratio else ''}",
             "stat": f"paired ratio of {budget.stat}s" if ratio else budget.stat, "outcome": v.outcome,
             "failed": v.failed,
+        })
+    return rows
+
+
+def _grid_headline(verdicts: list[Verdict], results: list[dict]) -> list[dict]:
+    """A per budget's verdicts in the accuracy grid, one headline row per variant and target:
+    how many rows pass, and the rows that do not."""
+    groups: dict[tuple[int, str, str], list[Verdict]] = {}
+    for v in verdicts:
+        if v.where:
+            groups.setdefault((id(v.budget), v.variant, v.target), []).append(v)
+    rows = []
+    for (_, variant, target), group in groups.items():
+        budget = group[0].budget
+        kind, limit = budget.bound
+        result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (variant, target))
+        worst = [v for v in group if v.outcome != "pass"]
+        outcome = "fail" if any(v.outcome == "fail" for v in group) else "inconclusive" if worst else "pass"
+        passed = len(group) - len(worst)
+        not_passing = ", ".join(f"{'/'.join(p for p in v.where if p != grid.ALL)} {v.outcome}" for v in worst)
+        rows.append({
+            "what": f"{variant} per {budget.per}", "metric": budget.metric, "on": None, "target": target,
+            "emulated": result["target"]["emulated"], "measured": None,
+            "detail": f"{passed} of {len(group)} {budget.per} rows pass" + (f"; {not_passing}" if worst else ""),
+            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{' change' if kind.endswith('_delta') else ''}",
+            "stat": "change, items paired" if budget.grid_stat == "delta" else budget.grid_stat, "outcome": outcome,
+            "failed": outcome == "fail" or (outcome == "inconclusive" and budget.decisive),
         })
     return rows
 
@@ -273,7 +303,7 @@ def _accuracy(document: dict, verdicts: list[Verdict]) -> list[dict]:
                                                                           (language, task))), METRICS[metric].better)
                      for task in tasks] for language in languages]
             tables.append({"metric": METRICS[metric], "stat": stat, "tasks": tasks, "languages": languages,
-                           "rows": rows})
+                           "rows": rows, "open": (metric, stat) in GRID_OPEN})
         out.append({"variant": entry["variant"], "against": entry["against"], "target": _target_label(entry["target"]),
                     "tables": tables})
     return out
