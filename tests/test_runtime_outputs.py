@@ -20,6 +20,7 @@ from harness.spec.variant import Variant
 DATA = Path(__file__).parent / "data" / "runtimes"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.txt"))
 HOST_RUN = "llamacpp_completion_host_0c1e570"  # our own build's run: its stdout and stderr apart
+KL_RUN = "llama_perplexity_kl_divergence_gemma3_270m"  # our own build's llama-perplexity --kl-divergence
 
 
 def sample(name: str) -> str:
@@ -75,7 +76,7 @@ def test_every_sample_names_its_source_and_is_checked() -> None:
     sources = {name.removesuffix("_stdout").removesuffix("_stderr") for name in SAMPLES}
     assert sources and all((DATA / f"{name}.source.md").is_file() for name in sources)
     assert sources == set(LLAMACPP) | set(EXECUTORCH) | set(GENIE) | WITHOUT_TIMINGS | {
-        HOST_RUN, "llamacpp_version_host_0c1e570"}
+        HOST_RUN, "llamacpp_version_host_0c1e570", KL_RUN}
 
 
 @pytest.mark.parametrize("name", sorted(LLAMACPP))
@@ -193,3 +194,17 @@ def test_executorch_text_is_what_follows_the_echoed_prompt() -> None:
     report = executorch.parse(out, "", prompt, "<|eot_id|>")
     assert report.texts == [report.texts[0]] and report.texts[0].startswith("\n\nHere is a short poem")
     assert report.texts[0].endswith("I hope you enjoy it!") and report.fields["end of text"] == 1.0
+
+
+def test_llama_perplexity_kl_divergence_summary() -> None:
+    values = llamacpp.parse_kl_divergence(sample(KL_RUN))
+    assert values == pytest.approx({"kld_mean": 0.395209, "kld_mean_se": 0.024062, "kld_p99": 1.454247,
+                                    "same_top_p": 0.62581, "same_top_p_se": 0.03899, "ppl_ratio": 1.396105,
+                                    "ppl_ratio_se": 0.104596, "positions": 5 * 31})  # 5 chunks of 64: 31 scored each
+
+
+def test_llama_perplexity_without_its_statistics_is_garbled() -> None:
+    # below 100 scored positions the tool prints its chunk table and no statistics
+    cut = sample(KL_RUN).split("====== Perplexity statistics")[0]
+    with pytest.raises(ToolOutputError, match="llama-perplexity: no kld_mean line"):
+        llamacpp.parse_kl_divergence(cut)

@@ -192,7 +192,7 @@ def parse_kl_divergence(output: str) -> dict[str, float]:
     for name, pattern in _KL_LINES.items():
         m = pattern.search(output)
         if m is None:
-            raise ToolOutputError("llama-perplexity", f"its {name.replace('_', ' ')} line", output)
+            raise ToolOutputError("llama-perplexity", f"{name} line", output)
         scale = 0.01 if name == "same_top_p" else 1.0  # printed in %
         found[name] = float(m["v"]) * scale
         if m.groupdict().get("se") is not None:
