@@ -154,8 +154,9 @@ def test_a_planted_degradation_shows_in_the_language_it_hits(tmp_path: Path) -> 
 
 def test_gemma_through_llama_cpp_scores_fidelity_with_llama_perplexity(tmp_path: Path) -> None:
     path = _slice(tmp_path, model="gemma3-270m",
-                  variants={"precision": ["fp16", "int4"], "runtime": ["llamacpp"]},
-                  baseline={"precision": "fp16"}, adapter_baseline=None,
+                  variants={"precision": ["fp16", "int4"], "runtime": ["llamacpp"],
+                            "include": [{"precision": "fp16", "runtime": "llamacpp", "decoding": "lookup"}]},
+                  baseline={"precision": "fp16", "decoding": "greedy"}, adapter_baseline=None,
                   workload={"suite": str(SUITE), "languages": ["en", "hi"], "tasks": ["summarize"],
                             "items_per_cell": 3, "max_new_tokens": 8, "repetitions": 1, "warmup": 0},
                   budgets=[{"metric": "tf_top1_agreement", "variant": {"precision": "int4"}, "per": "cell", "min": 0.5}])
@@ -168,3 +169,9 @@ def test_gemma_through_llama_cpp_scores_fidelity_with_llama_perplexity(tmp_path:
     top1 = _cell(document, "int4-s1-greedy-llamacpp", "local", "hi", "summarize", "tf_top1_agreement", "mean")
     assert 0.5 < top1["value"] <= 1 and top1["basis"].startswith("llama-perplexity")
     assert _cell(document, "int4-s1-greedy-llamacpp", "local", "hi", "summarize", "chrf", "delta")["n"] == 3
+    # llama-lookup echoes "<bos>" and the prompt, and may overshoot the limit: what is left is greedy's text
+    texts = {r["variant"]["decoding"]: {o["prompt_id"]: o["text"] for o in r["outputs"]}
+             for r in document["results"] if r["variant"]["precision"] == "fp16"}
+    assert texts["lookup"] == texts["greedy"]
+    lookup = _cell(document, "fp16-s1-lookup-llamacpp", "local", "all", "summarize", "chrf", "delta")
+    assert lookup["value"] == 0.0 and lookup["n"] == 6

@@ -9,10 +9,11 @@ CONTROL = 3  # GGUF token_type of special/control tokens
 
 
 class Tokenizer:
-    def __init__(self, backend: HFTokenizer, bos_id: int, eos_id: int, chat_template: str):
+    def __init__(self, backend: HFTokenizer, bos_id: int, eos_id: int, chat_template: str, adds_bos: bool = False):
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.adds_bos = adds_bos  # llama.cpp puts BOS before a prompt (GGUF tokenizer.ggml.add_bos_token)
         self.template = jinja2.sandbox.ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True
         ).from_string(chat_template)
@@ -39,6 +40,7 @@ class Tokenizer:
             bos_id=metadata["tokenizer.ggml.bos_token_id"],
             eos_id=metadata["tokenizer.ggml.eos_token_id"],
             chat_template=metadata["tokenizer.chat_template"],
+            adds_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
         )
 
     def encode(self, text: str) -> list[int]:

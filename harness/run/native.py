@@ -169,10 +169,13 @@ def _llamacpp(job: Job, variant: Variant, place: Place, settings: dict) -> Plan:
                                 job.max_new_tokens, context, threads, lora)
         invocations.append(Invocation(prompt["id"], warmup, text, [f"llamacpp/bin/{argv[0]}", *argv[1:]], adapter))
     end_token = tokenizer.token_text(tokenizer.eos_id)
+    # the tools that echo the prompt print its tokens, BOS too where the model adds one (Gemma's "<bos>")
+    shown = tokenizer.token_text(tokenizer.bos_id) if tokenizer.adds_bos else ""
     kl_files, kl_runs = _kl_runs(job, variant, model, host_tools, tools, threads)
     return Plan("llamacpp", name, files | kl_files, {"LD_LIBRARY_PATH": "llamacpp/lib"} if libraries else {},
                 model.name, invocations,
-                lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr, prompt, end_token),
+                lambda out, prompt: llamacpp.parse(name.removeprefix("llama-"), out.stdout, out.stderr, shown + prompt,
+                                                   end_token),
                 [f"llamacpp/bin/{name}", "--version"], kl_runs)
 
 
@@ -288,7 +291,10 @@ def events(job: Job, plan: Plan, execute: Execute, deadline: float) -> Iterator[
         for text in report.texts:
             # llama-completion says " [end of text]"; the other tools stop short of the maximum only
             # there. Lookahead and lookup may overshoot the maximum: cut to it, as the engine stops.
-            ended = report.fields.get("end of text") == 1.0 or len(tokenizer.encode(text)) < job.max_new_tokens
+            ids = tokenizer.encode(text)
+            ended = report.fields.get("end of text") == 1.0 or len(ids) < job.max_new_tokens
+            if len(ids) > job.max_new_tokens:  # the text too, so task scores see what greedy's limit gives
+                text = tokenizer.decode(ids[:job.max_new_tokens])
             yield protocol.Request(
                 prompt_id=invocation.prompt_id, warmup=invocation.warmup, adapter=invocation.adapter,
                 prompt_tokens=int(report.fields.get("prompt eval tokens", 0)),

@@ -12,7 +12,8 @@ class LlamaCppVocab:
         import llama_cpp
 
         self._vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        self.eos_id = self._vocab.token_eos()
+        self.eos_id, self.bos_id = self._vocab.token_eos(), self._vocab.token_bos()
+        self.adds_bos = self._vocab.metadata.get("tokenizer.ggml.add_bos_token") == "true"
 
     def encode(self, text: str) -> list[int]:
         return self._vocab.tokenize(text.encode(), add_bos=False, special=False)
