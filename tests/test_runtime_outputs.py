@@ -208,3 +208,9 @@ def test_llama_perplexity_without_its_statistics_is_garbled() -> None:
     cut = sample(KL_RUN).split("====== Perplexity statistics")[0]
     with pytest.raises(ToolOutputError, match="llama-perplexity: no kld_mean line"):
         llamacpp.parse_kl_divergence(cut)
+
+
+def test_llama_perplexity_of_a_model_against_itself_prints_no_error() -> None:
+    same = sample(KL_RUN).replace("1.396105 ±   0.104596", "1.000000 ±        nan")
+    values = llamacpp.parse_kl_divergence(same)
+    assert values["ppl_ratio"] == 1.0 and "ppl_ratio_se" not in values

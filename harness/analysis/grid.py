@@ -117,7 +117,9 @@ def _tool_cells(records: list[dict]) -> list[Cell]:
             if len(group) > 1 and error is None:
                 continue  # a percentile of the pooled positions is not a mix of the cells'
             value = float(weights @ np.array([r[field] for r in group]))
-            half = 1.96 * float(np.sqrt(weights**2 @ np.array([r[error] ** 2 for r in group]))) if error else 0.0
+            # no error where the tool printed none ("nan": a model against itself)
+            errors = np.array([r.get(error, 0.0) ** 2 for r in group]) if error else np.zeros(len(group))
+            half = 1.96 * float(np.sqrt(weights**2 @ errors))
             out.append(Cell(language, task, metric, stat, sum(r["items"] for r in group), value,
                             (value - half, value + half), basis=f"llama-perplexity, {int(positions.sum())} positions"))
     return out

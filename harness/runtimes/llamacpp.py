@@ -164,10 +164,10 @@ def _counters(tool: str, fields: dict[str, float]) -> tuple[dict[str, float], di
 
 # llama-perplexity --kl-divergence (tools/perplexity/perplexity.cpp, kl_divergence()): its summary
 _KL_LINES = {
-    "kld_mean": re.compile(r"^Mean\s+KLD:\s*(?P<v>-?[\d.]+)\s*±\s*(?P<se>[\d.]+)", re.M),
+    "kld_mean": re.compile(r"^Mean\s+KLD:\s*(?P<v>-?[\d.]+)\s*±\s*(?P<se>-?nan|[\d.]+)", re.M),
     "kld_p99": re.compile(r"^99\.0%\s+KLD:\s*(?P<v>-?[\d.]+)", re.M),
-    "same_top_p": re.compile(r"^Same top p:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>[\d.]+)\s*%", re.M),
-    "ppl_ratio": re.compile(r"^Mean PPL\(Q\)/PPL\(base\)\s*:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>[\d.]+)", re.M),
+    "same_top_p": re.compile(r"^Same top p:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>-?nan|[\d.]+)\s*%", re.M),
+    "ppl_ratio": re.compile(r"^Mean PPL\(Q\)/PPL\(base\)\s*:\s*(?P<v>[\d.]+)\s*±\s*(?P<se>-?nan|[\d.]+)", re.M),
 }
 _KL_CHUNKS = re.compile(r"computing over (?P<chunks>\d+) chunks, n_ctx=(?P<ctx>\d+)")
 KL_CONTEXT = 64  # tokens per chunk: the first half is context, the other 31 are scored
@@ -187,7 +187,9 @@ def perplexity_commands(base_model: str, model: str, text: str, logits: str, thr
 def parse_kl_divergence(output: str) -> dict[str, float]:
     """llama-perplexity --kl-divergence's summary: mean KLD and its standard error, the 99th
     percentile, the share of positions with the same top token (a fraction) and its standard
-    error, the mean PPL(Q)/PPL(base) and its standard error, and the positions scored."""
+    error, the mean PPL(Q)/PPL(base) and its standard error, and the positions scored. The tool
+    prints "nan" for an error of a model against itself (every position equal: 0/0); that error
+    is left out, not guessed."""
     found: dict[str, float] = {}
     for name, pattern in _KL_LINES.items():
         m = pattern.search(output)
@@ -195,7 +197,7 @@ def parse_kl_divergence(output: str) -> dict[str, float]:
             raise ToolOutputError("llama-perplexity", f"{name} line", output)
         scale = 0.01 if name == "same_top_p" else 1.0  # printed in %
         found[name] = float(m["v"]) * scale
-        if m.groupdict().get("se") is not None:
+        if m.groupdict().get("se") is not None and "nan" not in m["se"]:
             found[f"{name}_se"] = float(m["se"]) * scale
     chunks = _KL_CHUNKS.search(output)
     if chunks:
