@@ -58,6 +58,16 @@ def test_every_longer_reference_is_identified_as_its_language() -> None:
             assert scores.language_match(prompt.reference, prompt.language) == 1.0, prompt.id
 
 
+def test_top1_agreement_counts_a_tie_as_agreeing() -> None:
+    import torch
+
+    from harness.engine.fidelity import same_top
+
+    q = torch.tensor([[0.1, 0.4, 0.4, 0.1], [0.7, 0.1, 0.1, 0.1]]).log()
+    assert same_top(q, torch.tensor([2, 0])).tolist() == [True, True]  # argmax says 1 for the first row
+    assert same_top(q, torch.tensor([3, 1])).tolist() == [False, False]
+
+
 def _slice(folder: Path, **fields) -> Path:
     scenario = {
         "name": "accuracy-slice",

@@ -76,8 +76,15 @@ def compare(model: Transformer, reference: Teacher, adapters: AdapterInputs | No
     targets = torch.tensor(reference.tokens[reference.start:])[:, None]
     nll = -q.gather(1, targets)[:, 0].mean()
     nll_reference = -torch.tensor(reference.target_logprobs).mean()
-    top1 = q.argmax(-1) == torch.tensor(reference.top_ids)[:, 0]
+    top1 = same_top(q, torch.tensor(reference.top_ids)[:, 0])
     return ReferenceFidelity(_kl(reference, q).tolist(), top1.tolist(), float(torch.exp(nll - nll_reference)))
+
+
+def same_top(q: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """[G] whether the reference's most likely token is one of q's most likely: half-precision
+    logits tie often, and argmax and topk break a tie by different rules, so comparing indices
+    would count identical distributions as disagreeing."""
+    return q.gather(1, chosen[:, None])[:, 0] == q.max(-1).values
 
 
 def _kl(reference: Teacher, q: torch.Tensor) -> torch.Tensor:
