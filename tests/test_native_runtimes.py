@@ -99,8 +99,12 @@ def test_lora_adapters_on_llamacpp_say_what_ours_say(document) -> None:
                 key = (result["target"]["name"], output["prompt_id"], output["adapter"])
                 outputs.setdefault(key, {})[result["variant"]["runtime"]] = output["text"]
     assert {adapter for _, _, adapter in outputs} == {"formal", "polite"} and len(outputs) == 3 * 2 * 2
-    same = sum(texts["llamacpp"] == texts["reference"] for texts in outputs.values())
-    assert same >= len(outputs) - 1, outputs  # fp16 rounding may tip one greedy choice
+    # every target runs the same host build, so a tipped greedy choice repeats on each: count it once
+    differing = {(prompt, adapter) for (_, prompt, adapter), texts in outputs.items()
+                 if texts["llamacpp"] != texts["reference"]}
+    assert len(differing) <= 1, outputs  # fp16 rounding may tip one greedy choice (seen with AVX-512 kernels)
+    for prompt, adapter in differing:
+        assert len({texts["llamacpp"] for (_, p, a), texts in outputs.items() if (p, a) == (prompt, adapter)}) == 1
     lora = next(r for r in _native(document) if r["variant"]["adapters"])
     assert "agreement_with_baseline" not in lora["metrics"]  # adapter outputs differ from the base model's on purpose
     assert lora["metrics"]["style_score"]["n"] == 2 * 2  # scored with each adapter's style markers

@@ -293,8 +293,11 @@ def events(job: Job, plan: Plan, execute: Execute, deadline: float) -> Iterator[
             # there. Lookahead and lookup may overshoot the maximum: cut to it, as the engine stops.
             ids = tokenizer.encode(text)
             ended = report.fields.get("end of text") == 1.0 or len(ids) < job.max_new_tokens
-            if len(ids) > job.max_new_tokens:  # the text too, so task scores see what greedy's limit gives
-                text = tokenizer.decode(ids[:job.max_new_tokens])
+            # lookahead and lookup stop past the limit ("decoded N tokens", N > -n): their text loses
+            # those last tokens too, so task scores see what greedy's limit gives
+            over = int(report.fields.get("decoded tokens", 0)) - job.max_new_tokens
+            if plan.tool in ("llama-lookahead", "llama-lookup") and over > 0:
+                text = tokenizer.decode(ids[:len(ids) - over])
             yield protocol.Request(
                 prompt_id=invocation.prompt_id, warmup=invocation.warmup, adapter=invocation.adapter,
                 prompt_tokens=int(report.fields.get("prompt eval tokens", 0)),
