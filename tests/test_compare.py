@@ -83,8 +83,11 @@ def test_a_slower_decode_regresses_decode_only(compare_runs: CompareRuns, tmp_pa
     changes = {c.metric: c for c in compare(compare_runs.fourth, compare_runs.slowed,
                                             Store(compare_runs.db).noise("tiny-compare"))}
     assert {name: changes[name].verdict for name in DECODE} == dict.fromkeys(DECODE, "regressed"), changes
-    # e2e_ms moves less (TTFT is about half of it and unslowed): regressed, or too noisy under load
-    assert changes["e2e_ms"].verdict in ("regressed", "too noisy to tell") and changes["e2e_ms"].ratio.value > 1
+    # e2e_ms moves less (TTFT is about half of it and unslowed): regressed, too noisy under load, or,
+    # where its rise stays under the floor the A/A runs calibrated (a faster CPU's larger TTFT share), unchanged
+    e2e = changes["e2e_ms"]
+    assert e2e.ratio.value > 1 and e2e.verdict in ("regressed", "too noisy to tell", "unchanged"), e2e
+    assert e2e.verdict != "unchanged" or e2e.ratio.value - 1 < e2e.floor, e2e
     assert {name: changes[name].verdict for name in UNSLOWED if changes[name].verdict == "regressed"} == {}
     text = summary.read_text()
     assert f"against `{compare_runs.fourth['run_id']}` (last good)" in text  # the latest un-slowed run
