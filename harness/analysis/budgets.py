@@ -60,7 +60,7 @@ def evaluate(document: dict) -> list[Verdict]:
     """Every budget of the run's scenario against every result it applies to."""
     spec = spec_of(document)
     verdicts = []
-    scored = {(entry["variant"], _target_key(entry["target"])): entry for entry in grid.comparisons(document, spec)}
+    scored = {(entry["variant"], _target_key(entry["target"])): entry for entry in document.get("accuracy", [])}
     for result in document["results"]:
         variant = variant_of(result)
         for budget in spec.budgets:
@@ -104,12 +104,16 @@ def _check(budget: Budget, result: dict, reference: dict | None) -> Verdict:
         measured = estimate(mine, budget.stat)
         what = f"{name}{on} {budget.stat} {measured.value:.4g}"
     lo, hi = measured.interval
-    if kind.startswith("max"):
-        op, outcome = "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
-    else:
-        op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
+    op, outcome = _judge(kind, limit, lo, hi)
     return verdict(measured, outcome, f"{what} [{lo:.4g}, {hi:.4g}] ({measured.basis}) {op} {limit:g}: "
                                       f"{_SHOWN[budget.decisive][outcome]}")
+
+
+def _judge(kind: str, limit: float, lo: float, hi: float) -> tuple[str, Outcome]:
+    """An interval against a bound: pass when wholly on its side, fail when wholly across it."""
+    if kind.startswith("max"):
+        return "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
+    return ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
 
 
 def _check_grid(budget: Budget, result: dict, comparison: dict | None) -> list[Verdict]:
@@ -128,10 +132,7 @@ def _check_grid(budget: Budget, result: dict, comparison: dict | None) -> list[V
     verdicts = []
     for cell in rows:
         lo, hi = cell["interval"]
-        if kind.startswith("max"):
-            op, outcome = "<=", "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
-        else:
-            op, outcome = ">=", "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
+        op, outcome = _judge(kind, limit, lo, hi)
         where = "/".join(part for part in (cell["language"], cell["task"]) if part != grid.ALL)
         what = "change" if stat == "delta" else stat
         rests = f"{cell['n']} items" if cell["basis"] == "items" else cell["basis"]

@@ -60,12 +60,10 @@ def comparisons(document: dict, spec: ScenarioFile) -> list[dict]:
     items = {p["id"]: (p["language"], p["kind"]) for p in document["scenario"].get("prompts", []) if p.get("language")}
     if not items:
         return []
-    baseline = spec.baseline.matches
-    adapter_baseline = spec.adapter_baseline.matches if spec.adapter_baseline else None
     entries = []
     for result in document["results"]:
         variant = Variant.from_dict(result["variant"])
-        against = adapter_baseline if variant.adapters and adapter_baseline else baseline
+        against = spec.scored_against(variant).matches
         if against(variant) or result["status"] != "ok":
             continue
         reference = next((r for r in document["results"] if r["target"] == result["target"]
@@ -108,7 +106,7 @@ def _tool_cells(records: list[dict]) -> list[Cell]:
     out = []
     rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for record in records:
-        for key in ((record["language"], record["task"]), (record["language"], ALL), (ALL, record["task"])):
+        for key in _rows(record["language"], record["task"]):
             rows[key].append(record)
     for (language, task), group in rows.items():
         positions = np.array([r["positions"] for r in group])
@@ -128,9 +126,14 @@ def _tool_cells(records: list[dict]) -> list[Cell]:
 def _groups(items: dict[str, tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for item, (language, task) in items.items():
-        for key in ((language, task), (language, ALL), (ALL, task)):
+        for key in _rows(language, task):
             groups[key].append(item)
     return dict(groups)
+
+
+def _rows(language: str, task: str) -> tuple[tuple[str, str], ...]:
+    """The grid rows one cell's items count in: the cell, its language's and its task's."""
+    return (language, task), (language, ALL), (ALL, task)
 
 
 def _per_item(result: dict, metric: str) -> dict[str, float]:

@@ -225,6 +225,11 @@ class ScenarioFile(Strict):
     genie: GenieSettings = GenieSettings()
     executorch: ExecuTorchSettings = ExecuTorchSettings()
 
+    def scored_against(self, variant: Variant) -> VariantSelector:
+        """What `variant` is scored against on the accuracy items: the adapter baseline for a
+        variant with adapters when there is one, else the baseline (harness/analysis/grid.py)."""
+        return self.adapter_baseline if variant.adapters and self.adapter_baseline else self.baseline
+
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, targets: list[str]) -> list[str]:
@@ -252,8 +257,8 @@ class Scenario:
         return (self.baseline,) + ((self.adapter_baseline,) if self.adapter_baseline else ())
 
     def against(self, variant: Variant) -> Variant:
-        """What `variant` is scored against on the accuracy items (harness/analysis/grid.py says how)."""
-        return self.adapter_baseline if variant.adapters and self.adapter_baseline else self.baseline
+        """The variant `variant` is scored against on the accuracy items (`ScenarioFile.scored_against`)."""
+        return next(v for v in self.teachers if self.spec.scored_against(variant).matches(v))
 
     @property
     def name(self) -> str:
