@@ -29,17 +29,17 @@ from harness.emulators.adb.device import FAULTS
 from harness.errors import HarnessError
 from harness.output.exports import FORMATS, SUFFIX, export
 from harness.output.format import fmt
-from harness.analysis.history import history
+from harness.analysis.history import history, seconds_per_process
 from harness.measure.metrics import METRICS
-from harness.run.orchestrator import resolve_targets, resumable, resume_run, run_scenario, total_steps
+from harness.run.orchestrator import resolve_targets, resumable, resume_run, run_scenario, steps_per_process, total_steps
 from harness.output.report import write_html
 from harness.output.report.html import TREND_METRICS
 from harness.output.report.markdown import markdown_summary
 from harness.analysis.results import build_results, write_json
-from harness.spec.scenario import load_scenario
+from harness.spec.scenario import Scenario, load_scenario
 from harness.store import DEFAULT_DB, Store
 from harness.targets.adb.client import LOST, DeviceError
-from harness.targets.base import TargetInfo
+from harness.targets.base import Target, TargetInfo
 from harness.targets.adb.target import FOLDER, open_adb_targets
 
 
@@ -152,16 +152,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         store = _existing_store(args.db)
         scenario, targets = resumable(store, args.resume)
+        total = len(scenario.variants) * len(targets) * scenario.spec.workload.repetitions
+        console.print(f"resuming {args.resume}: {total - len(store.completed(args.resume))} of {total} runner processes left")
     else:
         scenario = load_scenario(args.scenario)
         targets = resolve_targets(scenario, args.target)
         store = Store(args.db)
+        console.print(plan_text(scenario, targets, store), markup=False, highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task(scenario.name, total=None if args.resume else total_steps(scenario, len(targets)))
+        processes: dict[str, int] = {}  # one bar per runner process, named by what it runs
 
         def step(what: str) -> None:
-            progress.update(task, advance=1, description=what)
+            if what not in processes:
+                processes[what] = progress.add_task(what, total=steps_per_process(scenario))
+            progress.update(processes[what], advance=1)
+            progress.update(task, advance=1)
 
         if args.resume:
             run_id = args.resume
@@ -173,6 +180,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(document, verdicts)
     _write_outputs(store, document, verdicts, args.json, args.report)
     return run_exit_code(document, verdicts)
+
+
+def plan_text(scenario: Scenario, targets: list[Target], store: Store) -> str:
+    """What `harness run` is about to do, said before the first runner starts, with a time
+    estimate from the store's earlier runs of the scenario when it has any."""
+    workload = scenario.spec.workload
+    processes = len(scenario.variants) * len(targets) * workload.repetitions
+    text = (f"{scenario.name}: {len(scenario.variants)} variants x {len(targets)} target(s) "
+            f"({', '.join(t.info.key for t in targets)}) x {workload.repetitions} repetitions = "
+            f"{processes} runner processes; each {len(scenario.prompts)} prompts + {workload.warmup} warm-up, "
+            f"{workload.max_new_tokens} new tokens")
+    estimate = seconds_per_process(store, scenario.name)
+    if estimate is None:
+        return text + f"; no earlier run of {scenario.name} in {store.path} to estimate the time from"
+    seconds, runs = estimate
+    return text + f"; about {fmt(seconds * processes / 60)} min (from {runs} earlier run(s) in {store.path})"
 
 
 def run_exit_code(document: dict, verdicts: list[Verdict]) -> int:

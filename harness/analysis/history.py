@@ -120,3 +120,11 @@ def _window_tests(family: list[Series], i: int) -> tuple[list[float], list[float
 def _ratio(current: np.ndarray, baseline: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(current == baseline, 1.0, np.where(baseline != 0, current / baseline, math.inf))
+
+
+def seconds_per_process(store: Store, scenario: str) -> tuple[float, int] | None:
+    """The median wall time of one runner process over the scenario's earlier runs that
+    finished ok (run time / processes run), and how many runs that is; None without any."""
+    per_run = [(run.ended_at - run.started_at) / processes for run in store.runs(scenario)
+               if run.status == "ok" and run.ended_at and (processes := len(store.completed(run.run_id)))]
+    return (float(np.median(per_run)), len(per_run)) if per_run else None

@@ -29,10 +29,14 @@ from harness.targets.adb.device_state import Hygiene
 Step = Callable[[str], None]
 
 
+def steps_per_process(scenario: Scenario) -> int:
+    """Requests one runner process makes, warm-ups included: the length of its progress bar."""
+    return scenario.spec.workload.warmup + len(scenario.prompts)
+
+
 def total_steps(scenario: Scenario, n_targets: int) -> int:
-    """Requests the run will make, warm-ups included: the length of a progress bar."""
-    per_process = scenario.spec.workload.warmup + len(scenario.prompts)
-    return per_process * len(scenario.variants) * scenario.spec.workload.repetitions * n_targets
+    """Requests the run will make, warm-ups included."""
+    return steps_per_process(scenario) * len(scenario.variants) * scenario.spec.workload.repetitions * n_targets
 
 
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:
