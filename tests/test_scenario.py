@@ -10,12 +10,24 @@ from harness.errors import HarnessError
 from harness.spec.scenario import Variant, load_scenario
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo"])
-def test_shipped_scenarios_load_with_baseline_first(name: str) -> None:
-    scenario = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+def test_smoke_scenario_loads_with_baseline_first() -> None:
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     assert scenario.variants[0] == scenario.baseline == Variant("fp32")
     assert {v.precision for v in scenario.variants} == {"fp32", "fp16"}
     assert scenario.prompts and len(scenario.sha256) == 64
+
+
+def test_demo_runs_the_four_techniques_each_checked_against_a_claim() -> None:
+    scenario = load_scenario(REPO / "scenarios" / "demo.yaml")
+    variants = scenario.variants
+    assert scenario.baseline == Variant("fp16") == variants[0]
+    assert {v.precision for v in variants} == {"fp16", "int4"}
+    assert any(v.streams == 3 and len(v.adapters) == 3 for v in variants)
+    assert any(v.decoding == "ds2d" for v in variants)
+    assert {v.lora_mode for v in variants if v.adapters and v.streams == 1} == {"runtime", "merged"}
+    claims = [b.claim for b in scenario.spec.budgets]
+    assert all(claims) and {c.technique for c in claims} == {
+        "INT4 weights", "multi-stream decoding", "DS2D", "runtime LoRA inputs"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.name)

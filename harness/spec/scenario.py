@@ -98,6 +98,14 @@ class ExecuTorchSettings(Strict):
     models: dict[Literal["fp32", "fp16", "int4"], ExecuTorchModel] = {}
 
 
+class Claim(Strict):
+    """The published claim a budget checks, for the report's claims table: the technique and
+    the claim in its source's words, with its figure ("up to 2.3x faster decode")."""
+
+    technique: str
+    paper: str
+
+
 class Budget(Strict):
     """A hard gate on one metric: an absolute bound, or a ratio to another variant.
 
@@ -125,6 +133,7 @@ class Budget(Strict):
     min_delta: float | None = None
     max_delta: float | None = None
     decisive: bool = False
+    claim: Claim | None = None
 
     @field_validator("metric")
     @classmethod

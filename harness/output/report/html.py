@@ -76,20 +76,61 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
         ratio = kind.endswith("_ratio")
         if not (ratio or metric.versus):
             continue
-        result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
-        reference = _find(results, result["target"], budget.against or spec.baseline) if ratio else None
-        if ratio:
-            versus = variant_of(reference).key if reference else "(no reference)"
-        elif metric.versus == "baseline":
-            versus = _variant_key(_find(results, result["target"], spec.baseline)) + " (baseline)"
-        else:
-            versus = metric.versus
+        result = _result(results, v)
         rows.append({
-            "what": f"{v.variant} vs {versus}", "metric": metric.name, "on": budget.kind, "target": v.target,
-            "emulated": result["target"]["emulated"], "measured": v.measured,
-            "bound": f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if ratio else ''}",
-            "stat": f"paired ratio of {budget.stat}s" if ratio else budget.stat, "outcome": v.outcome,
-            "failed": v.failed,
+            "what": f"{v.variant} vs {_versus(v, result, spec, results)}", "metric": metric.name, "on": budget.kind,
+            "target": v.target, "emulated": result["target"]["emulated"], "measured": v.measured,
+            "bound": _bound(budget), "stat": f"paired ratio of {budget.stat}s" if ratio else budget.stat,
+            "outcome": v.outcome, "failed": v.failed,
+        })
+    return rows
+
+
+def _result(results: list[dict], v: Verdict) -> dict:
+    return next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
+
+
+def _versus(v: Verdict, result: dict, spec, results: list[dict]) -> str | None:
+    """What a budget's measured value compares the variant with: the ratio's reference variant,
+    or what the counter itself compares with (None for a plain counter)."""
+    metric = METRICS[v.budget.metric]
+    if v.budget.bound[0].endswith("_ratio"):
+        return _variant_key(_find(results, result["target"], v.budget.against or spec.baseline))
+    if metric.versus == "baseline":
+        return _variant_key(_find(results, result["target"], spec.baseline)) + " (baseline)"
+    return metric.versus
+
+
+def _bound(budget) -> str:
+    kind, limit = budget.bound
+    return f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if kind.endswith('_ratio') else ''}"
+
+
+def _claims(document: dict, verdicts: list[Verdict]) -> list[dict]:
+    """The budgets that check a published claim, one row per target, with a one-line reading:
+    what was measured here beside what the claim says."""
+    spec, results, rows = spec_of(document), document["results"], []
+    for v in verdicts:
+        claim = v.budget.claim
+        if claim is None or v.where:
+            continue
+        result, metric = _result(results, v), METRICS[v.budget.metric]
+        versus = _versus(v, result, spec, results)
+        emulated = result["target"]["emulated"]
+        ratio = v.budget.bound[0].endswith("_ratio")
+        if v.measured is None:
+            measured = "nothing measured"
+        else:
+            unit = "x" if ratio else f" {metric.unit}"
+            measured = (f"{fmt(v.measured.value)}{unit} [{fmt(v.measured.interval[0])}, {fmt(v.measured.interval[1])}]"
+                        f", n = {v.measured.processes} processes")
+        where = v.target + (" (emulated)" if emulated else "")
+        checked = f"{metric.name} {'of ' if ratio else ''}{v.variant}" + (f" vs {versus}" if versus else "")
+        rows.append({
+            "technique": claim.technique, "paper": claim.paper, "checked": checked, "bound": _bound(v.budget),
+            "target": v.target, "emulated": emulated, "measured": v.measured, "outcome": v.outcome, "failed": v.failed,
+            "reading": f"{claim.technique}: {checked} measured {measured} on {where}, "
+                       f"{v.outcome} against {_bound(v.budget)}; the paper claims {claim.paper}.",
         })
     return rows
 
@@ -264,6 +305,7 @@ def render_html(document: dict, verdicts: list[Verdict] | None = None, trends: l
         spec=spec,
         baseline_key=baseline_key,
         verdicts=verdicts,
+        claims=_claims(document, verdicts),
         headline=_headline(document, verdicts),
         accuracy=_accuracy(document, verdicts),
         tables=_metric_tables(document, baseline_key),
