@@ -45,14 +45,14 @@ def test_report_opens_without_console_errors(chromium, which, compare_runs, wide
     assert chromium.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
-def test_report_opens_on_the_claims_table(chromium, tmp_path) -> None:
+def test_report_opens_on_the_claims_table(chromium, server, tmp_path) -> None:
     """The first screen is the claims table: one row per claimed budget and target, each with the
     verdict the JSON gives, the emulated target marked, and a reading line under it."""
     claim = {"technique": "DS2D", "paper": "up to 2.3x faster decode"}
     scenario = write_scenario(
         tmp_path / "scenarios", PROMPTS[:1], name="claims",
         variants={"precision": ["fp32"], "include": [{"precision": "fp32", "decoding": "ds2d"}]},
-        targets=["local", "adb:emu-galaxy-s25"],
+        baseline={"precision": "fp32", "decoding": "greedy"}, targets=["local", "adb:emu-galaxy-s25"],
         budgets=[{"metric": "ds2d_speedup", "variant": {"decoding": "ds2d"}, "min": 1.5, "claim": claim},
                  {"metric": "matches_greedy", "variant": {"decoding": "ds2d"}, "stat": "mean", "min": 1.0,
                   "claim": {"technique": "DS2D", "paper": "lossless"}}])
@@ -73,3 +73,5 @@ def test_report_opens_on_the_claims_table(chromium, tmp_path) -> None:
     assert {c[-1] for c in cells if c[2].startswith("matches_greedy")} == {"pass"}
     readings = chromium.find_elements("css selector", "ul.readings li")
     assert len(readings) == 4 and all("the paper claims" in r.text for r in readings)
+    shot = tmp_path / "claims.png"
+    assert chromium.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
