@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test bench install clean
 
+# The demo reports whether each claim held here; a claim that fails here (exit 1) or is
+# inconclusive (exit 3) is a finding, not a failed demo. Bad input (exit 2) still fails.
 demo: $(VENV)/.installed
-	$(BIN)/harness run scenarios/demo.yaml --report reports/demo.html --json reports/demo.json
+	$(BIN)/harness run scenarios/demo.yaml --report reports/demo.html --json reports/demo.json; \
+		code=$$?; [ $$code -eq 0 ] || [ $$code -eq 1 ] || [ $$code -eq 3 ]
 
 # Torch on one thread per process: two 2-thread processes on 2 cores decoded 48 tokens in
 # 11.5 s each, against 3.3 s alone; at one thread each, 3.7 s each (and 2.9 s alone). Most
