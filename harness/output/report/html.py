@@ -129,6 +129,7 @@ def _claims(document: dict, verdicts: list[Verdict]) -> list[dict]:
         rows.append({
             "technique": claim.technique, "paper": claim.paper, "checked": checked, "bound": _bound(v.budget),
             "target": v.target, "emulated": emulated, "measured": v.measured, "outcome": v.outcome, "failed": v.failed,
+            "interval": _interval(v.measured.interval, v.measured.kind) if v.measured else None,
             "reading": f"{claim.technique}: {checked} measured {measured} on {where}, "
                        f"{v.outcome} against {_bound(v.budget)}; the paper claims {claim.paper}.",
         })
