@@ -31,7 +31,8 @@ from harness.output.exports import FORMATS, SUFFIX, export
 from harness.output.format import fmt
 from harness.analysis.history import history, seconds_per_process
 from harness.measure.metrics import METRICS
-from harness.run.orchestrator import resolve_targets, resumable, resume_run, run_scenario, steps_per_process, total_steps
+from harness.run.orchestrator import (resolve_targets, resumable, resume_run, run_scenario, runner_processes,
+                                     steps_per_process, total_steps)
 from harness.output.report import write_html
 from harness.output.report.html import TREND_METRICS
 from harness.output.report.markdown import markdown_summary
@@ -152,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         store = _existing_store(args.db)
         scenario, targets = resumable(store, args.resume)
-        total = len(scenario.variants) * len(targets) * scenario.spec.workload.repetitions
+        total = runner_processes(scenario, len(targets))
         console.print(f"resuming {args.resume}: {total - len(store.completed(args.resume))} of {total} runner processes left")
     else:
         scenario = load_scenario(args.scenario)
@@ -186,7 +187,7 @@ def plan_text(scenario: Scenario, targets: list[Target], store: Store) -> str:
     """What `harness run` is about to do, said before the first runner starts, with a time
     estimate from the store's earlier runs of the scenario when it has any."""
     workload = scenario.spec.workload
-    processes = len(scenario.variants) * len(targets) * workload.repetitions
+    processes = runner_processes(scenario, len(targets))
     text = (f"{scenario.name}: {len(scenario.variants)} variants x {len(targets)} target(s) "
             f"({', '.join(t.info.key for t in targets)}) x {workload.repetitions} repetitions = "
             f"{processes} runner processes; each {len(scenario.prompts)} prompts + {workload.warmup} warm-up, "

@@ -34,9 +34,14 @@ def steps_per_process(scenario: Scenario) -> int:
     return scenario.spec.workload.warmup + len(scenario.prompts)
 
 
+def runner_processes(scenario: Scenario, n_targets: int) -> int:
+    """Runner processes a whole run starts: one per variant, target and repetition."""
+    return len(scenario.variants) * n_targets * scenario.spec.workload.repetitions
+
+
 def total_steps(scenario: Scenario, n_targets: int) -> int:
     """Requests the run will make, warm-ups included."""
-    return steps_per_process(scenario) * len(scenario.variants) * scenario.spec.workload.repetitions * n_targets
+    return steps_per_process(scenario) * runner_processes(scenario, n_targets)
 
 
 def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> list[Target]:

@@ -21,6 +21,7 @@ from harness.analysis.history import Series
 from harness.measure.metrics import METRICS
 from harness.output.report import charts
 from harness.analysis.stats import Estimate, Observations, paired_ratio
+from harness.spec.scenario import Budget, ScenarioFile
 from harness.targets.base import TargetInfo
 
 CHART_LIMIT = 16  # variant x target rows in one chart
@@ -72,8 +73,7 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
         if v.where:
             continue  # per budgets: one row each, above
         budget, metric = v.budget, METRICS[v.budget.metric]
-        kind, limit = budget.bound
-        ratio = kind.endswith("_ratio")
+        ratio = budget.bound[0].endswith("_ratio")
         if not (ratio or metric.versus):
             continue
         result = _result(results, v)
@@ -87,21 +87,23 @@ def _headline(document: dict, verdicts: list[Verdict]) -> list[dict]:
 
 
 def _result(results: list[dict], v: Verdict) -> dict:
+    """The variant x target result a verdict is about."""
     return next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (v.variant, v.target))
 
 
-def _versus(v: Verdict, result: dict, spec, results: list[dict]) -> str | None:
+def _versus(v: Verdict, result: dict, spec: ScenarioFile, results: list[dict]) -> str | None:
     """What a budget's measured value compares the variant with: the ratio's reference variant,
     or what the counter itself compares with (None for a plain counter)."""
     metric = METRICS[v.budget.metric]
     if v.budget.bound[0].endswith("_ratio"):
-        return _variant_key(_find(results, result["target"], v.budget.against or spec.baseline))
+        reference = _find(results, result["target"], v.budget.against or spec.baseline)
+        return variant_of(reference).key if reference else "(no reference)"
     if metric.versus == "baseline":
         return _variant_key(_find(results, result["target"], spec.baseline)) + " (baseline)"
     return metric.versus
 
 
-def _bound(budget) -> str:
+def _bound(budget: Budget) -> str:
     kind, limit = budget.bound
     return f"{'<=' if kind.startswith('max') else '>='} {limit:g}{'x' if kind.endswith('_ratio') else ''}"
 
@@ -118,18 +120,18 @@ def _claims(document: dict, verdicts: list[Verdict]) -> list[dict]:
         versus = _versus(v, result, spec, results)
         emulated = result["target"]["emulated"]
         ratio = v.budget.bound[0].endswith("_ratio")
+        interval = _interval(v.measured.interval, v.measured.kind) if v.measured else None
         if v.measured is None:
             measured = "nothing measured"
         else:
             unit = "x" if ratio else f" {metric.unit}"
-            measured = (f"{fmt(v.measured.value)}{unit} [{fmt(v.measured.interval[0])}, {fmt(v.measured.interval[1])}]"
-                        f", n = {v.measured.processes} processes")
+            measured = f"{fmt(v.measured.value)}{unit} {interval}, n = {v.measured.processes} processes"
         where = v.target + (" (emulated)" if emulated else "")
         checked = f"{metric.name} {'of ' if ratio else ''}{v.variant}" + (f" vs {versus}" if versus else "")
         rows.append({
             "technique": claim.technique, "paper": claim.paper, "checked": checked, "bound": _bound(v.budget),
             "target": v.target, "emulated": emulated, "measured": v.measured, "outcome": v.outcome, "failed": v.failed,
-            "interval": _interval(v.measured.interval, v.measured.kind) if v.measured else None,
+            "interval": interval,
             "reading": f"{claim.technique}: {checked} measured {measured} on {where}, "
                        f"{v.outcome} against {_bound(v.budget)}; the paper claims {claim.paper}.",
         })
@@ -147,7 +149,7 @@ def _grid_headline(verdicts: list[Verdict], results: list[dict]) -> list[dict]:
     for (_, variant, target), group in groups.items():
         budget = group[0].budget
         kind, limit = budget.bound
-        result = next(r for r in results if (variant_of(r).key, TargetInfo(**r["target"]).key) == (variant, target))
+        result = _result(results, group[0])
         worst = [v for v in group if v.outcome != "pass"]
         outcome = "fail" if any(v.outcome == "fail" for v in group) else "inconclusive" if worst else "pass"
         passed = len(group) - len(worst)
