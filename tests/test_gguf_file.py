@@ -33,3 +33,36 @@ def test_rows_in_chunks_are_the_whole_tensor(file: GGUFFile) -> None:
     chunks = [c.numpy() for c in rows_dequantized(embedding, 10_000)]
     assert [len(c) for c in chunks] == [10_000] * 4 + [9152]
     np.testing.assert_array_equal(np.concatenate(chunks), dequantized(embedding))
+
+
+class _PartsPackage:
+    """A model package that joins its parts in place, as the Gemma package does, and checks
+    that nobody can see the cache's model file until it is whole."""
+
+    MODEL_NAME = "model.gguf"
+
+    def __init__(self, cache) -> None:
+        self.cache, self.joined = cache, 0
+
+    def assemble(self, output):
+        if output.exists():
+            assert output.read_bytes() == b"part1part2"
+            return output
+        assert not (self.cache / self.MODEL_NAME).exists()
+        with output.open("wb") as out:
+            out.write(b"part1")
+            out.flush()
+            assert not (self.cache / self.MODEL_NAME).exists(), "a partial model is visible"
+            out.write(b"part2")
+        self.joined += 1
+        return output
+
+
+def test_a_model_joined_from_parts_appears_in_the_cache_whole_and_once(tmp_path, monkeypatch) -> None:
+    from harness.engine import gguf_file
+
+    monkeypatch.setattr(gguf_file, "_CACHE", tmp_path)
+    package = _PartsPackage(tmp_path)
+    assert gguf_file._assembled(package).read_bytes() == b"part1part2"
+    assert gguf_file._assembled(package) == tmp_path / "model.gguf"
+    assert package.joined == 1 and [p.name for p in tmp_path.iterdir()] == ["model.gguf"]

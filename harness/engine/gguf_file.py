@@ -2,7 +2,9 @@
 import functools
 import importlib
 import importlib.metadata
+import os
 import pathlib
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,9 +42,24 @@ def model_path(name: str = "smollm2-135m-instruct") -> pathlib.Path:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     model = MODELS[name]
     if model.file is None:
-        package = importlib.import_module(model.distribution.replace("-", "_"))
-        return package.assemble(_CACHE / package.MODEL_NAME)
+        return _assembled(importlib.import_module(model.distribution.replace("-", "_")))
     return pathlib.Path(importlib.metadata.distribution(model.distribution).locate_file(model.file))
+
+
+def _assembled(package: Any) -> pathlib.Path:
+    """The package's parts joined into the cache, checked (sha256) by the package.
+
+    The package writes its output in place; a process reading the file (or mapping it) while
+    another writes it sees a partial model, so it is joined in a private folder and renamed,
+    which readers see whole or not at all. Two processes racing both join it; the last
+    rename wins with the same bytes.
+    """
+    target = _CACHE / package.MODEL_NAME
+    if not target.exists():
+        _CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=_CACHE) as private:
+            os.replace(package.assemble(pathlib.Path(private) / package.MODEL_NAME), target)
+    return package.assemble(target)
 
 
 @dataclass
