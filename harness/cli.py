@@ -24,6 +24,7 @@ from rich.table import Column, Table
 from harness.analysis.budgets import Verdict, evaluate, variant_of
 from harness.analysis.compare import Change, aa_noise, compare, last_good, regressions
 from harness.emulators.adb import PROFILES, AdbServer
+from harness.emulators.adb.confine import ConfinementError
 from harness.emulators.adb.control import inject
 from harness.emulators.adb.device import FAULTS
 from harness.errors import HarnessError
@@ -84,11 +85,21 @@ def _parser() -> argparse.ArgumentParser:
 
     emulator = commands.add_parser("emulator", help="emulated Galaxy devices behind a loopback adb server")
     emulator_commands = emulator.add_subparsers(dest="emulator_command", required=True)
-    serve = emulator_commands.add_parser("serve", help="serve emulated devices until interrupted")
+    serve = emulator_commands.add_parser(
+        "serve", help="serve emulated devices until interrupted",
+        description="Serve emulated Galaxy phones behind an adb server that listens on 127.0.0.1 only: "
+                    "no other machine can reach it. Each device's shell commands run confined (bubblewrap: "
+                    "an unprivileged user, no network, the host's files absent or read-only, the device's "
+                    "folders at their device paths, its own processes only); any local process that "
+                    "connects gets a shell on the emulated phone, not on this host.")
     serve.add_argument("--device", action="append", required=True, choices=sorted(PROFILES),
                        help="a device to emulate (repeatable)")
     serve.add_argument("--port", type=int, default=5037, help="loopback port (default 5037, adb's)")
     serve.add_argument("--root", type=Path, help="folder for the devices' sandboxes (default: a temporary one)")
+    serve.add_argument("--unconfined-shells", action="store_true",
+                       help="for a host without user namespaces: run device shells as this user on this "
+                            "host's files (only device paths are rewritten); any local process that "
+                            "connects to the port can then run commands as you")
     fault = emulator_commands.add_parser("fault", help="inject a fault into an emulated device",
                                          epilog="faults: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()))
     fault.add_argument("serial")
@@ -431,7 +442,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             raise HarnessError(f"emulator fault {args.spec!r} on {args.serial}: {exc}") from None
         return 0
     with tempfile.TemporaryDirectory(prefix="hil-emulator-") as tmp:
-        server = AdbServer(args.device, args.root or Path(tmp), args.port)
+        try:
+            server = AdbServer(args.device, args.root or Path(tmp), args.port, confined=not args.unconfined_shells)
+        except ConfinementError as exc:
+            raise HarnessError(f"emulator serve: {exc}") from None
         for device in server.devices.values():
             console.print(f"{device.serial}: {device.profile.model} ({device.profile.props['ro.soc.model']}), "
                           f"sandbox {device.root}")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import adbutils
+import psutil
 import pytest
 
 from harness.emulators.adb import AdbServer
@@ -79,11 +82,54 @@ def test_pushes_stay_where_the_shell_user_may_write(server, tmp_path) -> None:
         assert out.returncode != 0 and "Permission denied" in out.stderr
 
 
+# Each process on the device and its command line (a phone's `ps -A -o ARGS`, from /proc).
+PROCESSES = r"""for p in /proc/[0-9]*; do printf '%s ' "${p#/proc/}"; tr '\0' ' ' < "$p/cmdline"; echo; done"""
+
+
 def test_proc_shows_only_the_devices_own_processes(server) -> None:
-    out = adb(server, "-s", "emu-galaxy-s24", "shell", "ls /proc; grep VmHWM /proc/$$/status")
-    pids = [line for line in out.stdout.splitlines() if line.isdigit()]
-    assert len(pids) == 1  # the shell itself (the runner's pid is its shell's, by exec)
-    assert out.stdout.splitlines()[-1].startswith("VmHWM:")
+    out = adb(server, "-s", "emu-galaxy-s24", "shell", f"echo $$; {PROCESSES}; grep VmHWM /proc/$$/status")
+    shell, *listing, vmhwm = out.stdout.splitlines()
+    assert any(line.startswith(f"{shell} /bin/sh -c") for line in listing)  # the shell itself, by its device pid
+    assert not any("pytest" in line for line in listing)  # the host's processes (this test's own) are not there
+    assert vmhwm.startswith("VmHWM:")
+
+
+def test_a_device_shell_is_an_unprivileged_user_that_leaves_the_host_untouched(server, tmp_path) -> None:
+    """The issue's check: `adb shell 'id; touch FILE'` on an emulated phone."""
+    device = server.devices["emu-galaxy-s24"]
+    outside = [tmp_path / "host.txt", Path("/hil-root.txt"), Path("/etc/hil.txt"), device.root / "hil/x.txt",
+               Path(__file__).parent / "from-device.txt", Path(sys.prefix) / "x.txt"]
+    command = "id; " + "; ".join(f"touch {f}" for f in [*outside, "/data/local/tmp/../x.txt", "/data/local/tmp/ok.txt"])
+    out = adb(server, "-s", "emu-galaxy-s24", "shell", command)
+    assert out.stdout.splitlines()[0] == "uid=2000 gid=2000 groups=2000"  # Android's shell user, not root
+    assert out.stderr.count("touch: cannot touch") == len(outside) + 1, out.stderr
+    assert not [f for f in [*outside, device.root / "data/x.txt", Path("/data/x.txt")] if f.exists()]
+    assert (device.root / "data/local/tmp/ok.txt").exists()  # the device's writable folder is written
+
+
+def test_a_device_shell_cannot_read_host_files_or_reach_the_host_network(server, tmp_path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret\n")
+    for path in (secret, Path.home() / ".bashrc", "/etc/passwd", "/etc/hostname"):
+        out = adb(server, "-s", "emu-galaxy-s24", "shell", f"cat {path}")
+        assert out.returncode != 0 and "No such file or directory" in out.stderr and not out.stdout
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {server.port}), timeout=5)"
+    out = adb(server, "-s", "emu-galaxy-s24", "shell", f"python -c \"{probe}\"")
+    assert out.returncode != 0 and "ConnectionRefusedError" in out.stderr  # not even the emulator's own port
+
+
+def test_without_isolation_the_emulator_refuses_shells_unless_told_what_it_allows(tmp_path) -> None:
+    command = [sys.executable, "-m", "harness.cli", "emulator", "serve", "--device", "galaxy-s24", "--port", "0"]
+    no_bwrap = {**os.environ, "PATH": str(tmp_path)}  # a host without bubblewrap
+    refused = subprocess.run(command, capture_output=True, text=True, env=no_bwrap, timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "--unconfined-shells" in refused.stderr
+    assert "--unconfined-shells" in subprocess.run([*command[:5], "--help"], capture_output=True, text=True).stdout
+    with _serving([*command, "--unconfined-shells"], env=no_bwrap) as port:
+        out = subprocess.run([adb_cli(), "-H", "127.0.0.1", "-P", str(port), "shell", "id -u; ls /proc"],
+                             capture_output=True, text=True, timeout=60)
+    uid, *pids = out.stdout.split()
+    assert uid == str(os.getuid()) and len(pids) == 1  # as this user; /proc: the device's own shell only
 
 
 def test_dumpsys_in_android_format(server) -> None:
@@ -108,16 +154,26 @@ def test_faults_are_injected_through_the_cli(server) -> None:
     inject(server.port, "emu-galaxy-s24", "clear")
 
 
-def test_serve_command_answers_adb_clients() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "emulator", "serve", "--device", "galaxy-s24",
-                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+def test_serve_command_answers_adb_clients_on_loopback_only() -> None:
+    command = [sys.executable, "-m", "harness.cli", "emulator", "serve", "--device", "galaxy-s24", "--port", "0"]
+    with _serving(command) as port:
+        assert [d.serial for d in adbutils.AdbClient("127.0.0.1", port).list()] == ["emu-galaxy-s24"]
+        listening = [c for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"]
+        assert [c.laddr.ip for c in listening] == ["127.0.0.1"]
+    help_text = " ".join(subprocess.run([*command[:5], "--help"], capture_output=True, text=True).stdout.split())
+    assert "listens on 127.0.0.1 only: no other machine can reach it" in help_text
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], env: dict[str, str] | None = None) -> Iterator[int]:
+    """`harness emulator serve` running; the port it listens on."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = ""
         while "adb server on" not in line:
             line = process.stderr.readline()
             assert line, "emulator exited early"
-        port = int(line.split("127.0.0.1:")[1].split()[0])
-        assert [d.serial for d in adbutils.AdbClient("127.0.0.1", port).list()] == ["emu-galaxy-s24"]
+        yield int(line.split("127.0.0.1:")[1].split()[0])
     finally:
         process.terminate()
         process.wait()

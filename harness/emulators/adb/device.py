@@ -1,9 +1,12 @@
 """One emulated phone: a sandbox directory, real processes, device state files, faults.
 
 Device paths resolve inside the sandbox: `/data/local/tmp` and `/sdcard` are writable
-folders, `/sys/...` holds the thermal, battery and cpufreq files, and `/proc/<pid>` is a
-link to the host's `/proc/<pid>` for the device's own processes only. Shell commands run
-in a real `/bin/sh` with those device paths rewritten to the sandbox.
+folders, `/sys/...` holds the thermal, battery and cpufreq files. Shell commands run in a
+real `/bin/sh`, confined (`confine.py`): the device's folders are mounted at their device
+paths and `/proc` lists the device's own processes. Unconfined (a host without user
+namespaces, and the user said so), they run as this user on the host, with those device
+paths rewritten to the sandbox and `/proc/<pid>` a link to the host's for the device's
+own processes only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from harness.emulators.adb import tools
+from harness.emulators.adb.confine import DeviceNamespaces
 from harness.emulators.adb.profiles import Profile
 from harness.measure import timev
 from harness.measure.host import cpu_mhz, has_cpufreq, rss_bytes
@@ -69,19 +73,22 @@ def parse_size(text: str) -> float:
 
 
 class EmulatedDevice:
-    def __init__(self, profile: Profile, serial: str, root: Path, transport_id: int) -> None:
+    def __init__(self, profile: Profile, serial: str, root: Path, transport_id: int, confined: bool = True) -> None:
         self.profile, self.serial, self.root, self.transport_id = profile, serial, root, transport_id
         self.faults = Faults()
         self.processes: dict[int, subprocess.Popen] = {}
-        self._setup()
+        self._groups: dict[int, int] = {}  # process pid -> host pid of the command's process group
+        self._setup(proc="/proc" if confined else f"{root}/proc")
+        self.namespaces = DeviceNamespaces(root) if confined else None
 
     # -- the sandbox -------------------------------------------------------------------
-    def _setup(self) -> None:
+    def _setup(self, proc: str) -> None:
         for folder in ("data/local/tmp", "sdcard", "proc", "hil", "system/bin", "sys/class/power_supply/battery"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         props = {**self.profile.props, "ro.serialno": self.serial}
         (self.root / "hil/build.prop").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        scripts = {"getprop": tools.GETPROP.format(root=self.root), "dumpsys": tools.DUMPSYS.format(root=self.root),
+        scripts = {"getprop": tools.GETPROP.format(root=self.root),
+                   "dumpsys": tools.DUMPSYS.format(root=self.root, proc=proc),
                    "time": f"#!{sys.executable} -S\n" + Path(timev.__file__).read_text()}
         for name, script in scripts.items():
             path = self.root / "system/bin" / name
@@ -148,51 +155,70 @@ class EmulatedDevice:
 
     # -- processes ---------------------------------------------------------------------
     def spawn(self, command: str, merged: bool) -> subprocess.Popen:
-        """`sh -c command` in the sandbox, in its own process group; stdout (and stderr) piped."""
+        """`sh -c command` on the device, in its own process group; stdout (and stderr) piped."""
         self.refresh_cpufreq()
         env = {
             "PATH": f"{self.root}/system/bin:{Path(sys.executable).parent}:/usr/bin:/bin",
-            "HOME": str(self.root / "data/local/tmp"),
-            "TMPDIR": str(self.root / "data/local/tmp"),
+            "HOME": "/data/local/tmp" if self.namespaces else str(self.root / "data/local/tmp"),
+            "TMPDIR": "/data/local/tmp" if self.namespaces else str(self.root / "data/local/tmp"),
             "LANG": "C.UTF-8",
             **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")},
         }
-        # The shell waits for a first stdin line until its /proc/<pid> link exists, then runs the
-        # command itself (same pid); `read` takes that line only, the rest of stdin is the command's.
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", 'read _; eval "$1"', "sh", self.rewrite(command)], cwd=self.root, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
-            start_new_session=True, bufsize=0,
-        )
-        link = self.root / "proc" / str(process.pid)
-        link.unlink(missing_ok=True)
-        link.symlink_to(f"/proc/{process.pid}")
-        self.processes[process.pid] = process
+        stdio = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                 "stderr": subprocess.STDOUT if merged else subprocess.PIPE, "bufsize": 0}
+        # The shell waits for a first stdin line until it is set up (its group known, its /proc
+        # link made), then runs the command itself (same pid); `read` takes that line only.
+        script = ["/bin/sh", "-c", 'read _; eval "$1"', "sh"]
+        if self.namespaces:
+            process, group = self.namespaces.spawn([*script, command], env, **stdio)
+        else:
+            process = subprocess.Popen([*script, self.rewrite(command)], cwd=self.root, env=env,
+                                       start_new_session=True, **stdio)
+            group = process.pid
+            link = self.root / "proc" / str(process.pid)
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/proc/{process.pid}")
+        self.processes[process.pid], self._groups[process.pid] = process, group
         process.stdin.write(b"\n")
         if self.faults.take("hang", command):
-            os.killpg(process.pid, signal.SIGSTOP)
+            os.killpg(group, signal.SIGSTOP)
         if self.faults.oom_bytes:
             threading.Thread(target=self._oom_watch, args=(process, self.faults.oom_bytes), daemon=True).start()
         return process
 
+    def kill(self, process: subprocess.Popen) -> None:
+        """SIGKILL the command's process group (and, confined, the bubblewrap that waits for it)."""
+        for group in {self._groups.get(process.pid, process.pid), process.pid}:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def reap(self, process: subprocess.Popen) -> int:
         """Kill what is left of the command's process group; its exit code as adbd reports it."""
         if process.poll() is None:
-            kill_group(process)
+            self.kill(process)
         code = process.wait()
         self.processes.pop(process.pid, None)
+        self._groups.pop(process.pid, None)
         (self.root / "proc" / str(process.pid)).unlink(missing_ok=True)
         return 128 - code if code < 0 else code  # killed by signal N -> 128 + N
+
+    def close(self) -> None:
+        for process in list(self.processes.values()):
+            self.kill(process)
+        if self.namespaces:
+            self.namespaces.close()
 
     def _oom_watch(self, process: subprocess.Popen, limit: float) -> None:
         """What the low-memory killer does: SIGKILL once the resident set passes the limit."""
         while process.poll() is None:
             try:
-                rss = rss_bytes(process.pid)
+                rss = rss_bytes(self._groups.get(process.pid, process.pid))
             except psutil.Error:
                 return
             if rss > limit:
-                kill_group(process)
+                self.kill(process)
                 return
             time.sleep(0.02)
 
@@ -239,10 +265,3 @@ FAULTS = {
     "battery:usb|ac|none[:MA]": "charging on USB/AC, or discharging (drawing MA milliamps, when given)",
     "clear": "remove every fault and restore the default state",
 }
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

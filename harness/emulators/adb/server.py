@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness.emulators.adb.device import EmulatedDevice, FaultError, kill_group
+from harness.emulators.adb.confine import ConfinementError, unavailable
+from harness.emulators.adb.device import EmulatedDevice, FaultError
 from harness.emulators.adb.profiles import PROFILES
 
 VERSION = 41
@@ -30,13 +31,18 @@ class _Dropped(Exception):
 
 
 class AdbServer:
-    def __init__(self, profiles: list[str], root: Path, port: int = 0) -> None:
+    def __init__(self, profiles: list[str], root: Path, port: int = 0, confined: bool = True) -> None:
+        """Unconfined shells run as this user on this host's files: only for a host without user
+        namespaces, when its user says so (`emulator serve --unconfined-shells`)."""
+        if confined and (why := unavailable()):
+            raise ConfinementError(f"device shells cannot be confined on this host: {why}; "
+                                   "--unconfined-shells runs them as this user on this host's files")
         self.devices: dict[str, EmulatedDevice] = {}
         for index, name in enumerate(profiles, start=1):
             if name not in PROFILES:
                 raise ValueError(f"unknown device {name!r}; allowed: {', '.join(PROFILES)}")
             serial = f"emu-{name}" + ("" if profiles.count(name) == 1 else f"-{profiles[:index].count(name)}")
-            self.devices[serial] = EmulatedDevice(PROFILES[name], serial, root / serial, transport_id=index)
+            self.devices[serial] = EmulatedDevice(PROFILES[name], serial, root / serial, index, confined)
         self._socket = socket.create_server(("127.0.0.1", port))  # loopback only
         self.port = self._socket.getsockname()[1]
         self._thread: threading.Thread | None = None
@@ -61,8 +67,7 @@ class AdbServer:
             pass
         self._socket.close()
         for device in self.devices.values():
-            for process in list(device.processes.values()):
-                kill_group(process)
+            device.close()
 
     def find(self, serial: str | None = None, transport_id: int | None = None) -> EmulatedDevice:
         if transport_id is not None:
@@ -244,7 +249,7 @@ class _Connection:
             self.send(data if packet_id is None else _packet(packet_id, data))
             lines += data.count(b"\n")
             if drop and lines >= 1:
-                kill_group(process)
+                self.device.kill(process)
                 self.sock.shutdown(socket.SHUT_RDWR)
                 raise _Dropped
 
@@ -260,7 +265,7 @@ class _Connection:
                     process.stdin.close()
         except (EOFError, OSError, ValueError):
             if process.poll() is None:
-                kill_group(process)  # the client went away (timeout, lost link): as adbd does
+                self.device.kill(process)  # the client went away (timeout, lost link): as adbd does
 
 
 class _Sync:

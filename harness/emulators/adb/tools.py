@@ -1,7 +1,8 @@
 """The device-side tools of an emulated phone: `getprop` and `dumpsys`, as shell scripts.
 
 They print what Android prints (format of Android 14/15), from the sandbox's state files
-and, for `dumpsys meminfo`, from the real `/proc/<pid>/smaps_rollup` of the host process.
+and, for `dumpsys meminfo`, from the real `/proc/<pid>/smaps_rollup` of the process; `{proc}`
+is the folder that lists the device's own processes (its `/proc`).
 (Its `time` is `harness/measure/timev.py`, toybox's `time -v` for this host.)
 """
 
@@ -72,7 +73,7 @@ power)
     ;;
 meminfo)
     pid="$2"
-    if [ -z "$pid" ] || [ ! -e "$root/proc/$pid" ]; then echo "No process found for: $pid"; exit 0; fi
+    if [ -z "$pid" ] || [ ! -e "{proc}/$pid" ]; then echo "No process found for: $pid"; exit 0; fi
     echo "Applications Memory Usage (in Kilobytes):"
     echo "Uptime: $(awk '{{ printf "%d", $1 * 1000 }}' /proc/uptime) Realtime: $(awk '{{ printf "%d", $1 * 1000 }}' /proc/uptime)"
     echo
