@@ -241,3 +241,42 @@ def server(tmp_path_factory: pytest.TempPathFactory, no_real_adb_server):
         patch.setenv("ANDROID_ADB_SERVER_PORT", str(server.port))
         yield server
     server.close()
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL 15 cluster on a free loopback port, trusting local connections;
+    its URL names an empty database. initdb and postgres refuse to run as root: as root (CI)
+    they run as the `postgres` system user the Debian package makes, in a folder it owns."""
+    import shutil
+    import socket
+    import tempfile
+
+    if not (POSTGRES_BIN / "postgres").is_file():
+        pytest.fail(f"PostgreSQL 15 is not installed ({POSTGRES_BIN / 'postgres'} is missing): "
+                    "`make test` installs it (apt-get install postgresql)")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="harness-postgres-"))  # in /tmp: not under root's 0700 pytest folder
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+
+    def pg(tool: str, *args: str) -> None:
+        done = subprocess.run([*as_user, str(POSTGRES_BIN / tool), *args], cwd=folder, capture_output=True, text=True)
+        assert done.returncode == 0, f"{tool} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    data = str(folder / "data")
+    pg("initdb", "-D", data, "-U", "harness", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
+    pg("pg_ctl", "-D", data, "-l", str(folder / "log"), "-w", "-o",
+       f"-h 127.0.0.1 -p {port} -k {folder} -c max_connections=100", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", port, "-U", "harness", "results")
+        yield f"postgresql://harness@127.0.0.1:{port}/results"
+    finally:
+        pg("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")  # a throwaway: no shutdown checkpoint
+        shutil.rmtree(folder, ignore_errors=True)
