@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import tempfile
@@ -38,8 +39,10 @@ from harness.output.report import write_html
 from harness.output.report.html import TREND_METRICS
 from harness.output.report.markdown import markdown_summary
 from harness.analysis.results import build_results, write_json
+from harness.spec.checks import check_output, check_store
 from harness.spec.scenario import Scenario, load_scenario
-from harness.store import DEFAULT_DB, Store
+from harness.spec.variant import SAFE_NAME
+from harness.store import DEFAULT_DB, Store, existing_store, masked, store_location
 from harness.targets.adb.client import LOST, DeviceError
 from harness.targets.base import Target, TargetInfo
 from harness.targets.adb.target import FOLDER, open_adb_targets
@@ -58,26 +61,38 @@ SUMMARY_METRICS = (("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s
                    ("agreement_with_baseline", "agree"), ("exact_match", "exact"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are bad input too: one line, exit 2 (the help is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"harness: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="harness", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a scenario and store its measurements")
     run.add_argument("scenario", type=Path, nargs="?", help="scenario file (not with --resume)")
     run.add_argument("--resume", metavar="RUN_ID", help="complete a stored run: only the repetitions it is missing")
     run.add_argument("--target", action="append", help="target to run on (repeatable); default: the scenario's")
-    run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
+    run.add_argument("--db", type=store_location, default=DEFAULT_DB,
+                     help=f"results store: an SQLite file or postgresql://user@host:port/dbname (default {DEFAULT_DB})")
     run.add_argument("--json", type=Path, help="write the results document here")
     run.add_argument("--report", type=Path, help="write the HTML report here (default reports/<scenario>.html)")
+    run.add_argument("--parallel", action="store_true",
+                     help="run on the devices at once, one thread each (the local target first, alone)")
+    run.add_argument("--run-id", type=_run_id, help="a farm run: each host runs its targets into this run id (made by the "
+                                      "first, joined by the others; one --db for all)")
 
     report = commands.add_parser("report", help="render the HTML report of a stored run")
     report.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
-    report.add_argument("--db", type=Path, default=DEFAULT_DB)
+    report.add_argument("--db", type=store_location, default=DEFAULT_DB)
     report.add_argument("--out", type=Path, help="HTML file (default reports/<scenario>.html)")
     report.add_argument("--json", type=Path, help="also write the results document here")
 
     listing = commands.add_parser("list", help="list the runs in the store")
-    listing.add_argument("--db", type=Path, default=DEFAULT_DB)
+    listing.add_argument("--db", type=store_location, default=DEFAULT_DB)
 
     commands.add_parser("devices", help="list the devices attached to the adb server: identity, runtimes deployed")
     cleanup = commands.add_parser("cleanup", help=f"remove the harness folder ({FOLDER}) from adb devices")
@@ -96,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a device to emulate (repeatable)")
     serve.add_argument("--port", type=int, default=5037, help="loopback port (default 5037, adb's)")
     serve.add_argument("--root", type=Path, help="folder for the devices' sandboxes (default: a temporary one)")
+    serve.add_argument("--name", type=_run_id, default="emu",
+                       help="serials are NAME-DEVICE (default emu); a farm's servers each take their own")
     serve.add_argument("--unconfined-shells", action="store_true",
                        help="for a host without user namespaces: run device shells as this user on this "
                             "host's files (only device paths are rewritten); any local process that "
@@ -124,7 +141,7 @@ def _add_compare(commands) -> None:
                          help="BASELINE CURRENT (run ids or results JSON files); with --against: [CURRENT]")
     compare.add_argument("--against", choices=["last-good"],
                          help="baseline: the latest earlier good run of the same scenario")
-    compare.add_argument("--db", type=Path, default=DEFAULT_DB)
+    compare.add_argument("--db", type=store_location, default=DEFAULT_DB)
     compare.add_argument("--markdown", type=Path, help="write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
 
 
@@ -134,7 +151,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--runs", type=_calibration_runs, default=3,
                            help="runs of the same build (at least 2; default 3): the noise is the largest over their pairs")
     calibrate.add_argument("--target", action="append", help="target to run on (repeatable); default: the scenario's")
-    calibrate.add_argument("--db", type=Path, default=DEFAULT_DB)
+    calibrate.add_argument("--db", type=store_location, default=DEFAULT_DB)
 
 
 def _calibration_runs(text: str) -> int:
@@ -147,7 +164,7 @@ def _add_history(commands) -> None:
     history = commands.add_parser("history", help="series per variant, target and metric over a scenario's runs")
     history.add_argument("scenario", help="scenario name (as in `harness list`)")
     history.add_argument("--metric", action="append", choices=list(METRICS), help="only this metric (repeatable)")
-    history.add_argument("--db", type=Path, default=DEFAULT_DB)
+    history.add_argument("--db", type=store_location, default=DEFAULT_DB)
 
 
 def _add_export(commands) -> None:
@@ -155,21 +172,44 @@ def _add_export(commands) -> None:
     export.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
     export.add_argument("--format", choices=FORMATS, required=True)
     export.add_argument("--out", type=Path, help="file to write (default reports/<run id>.<json|csv|parquet>)")
-    export.add_argument("--db", type=Path, default=DEFAULT_DB)
+    export.add_argument("--db", type=store_location, default=DEFAULT_DB)
+
+
+def _run_id(text: str) -> str:
+    if not re.fullmatch(SAFE_NAME, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-', at most 64")
+    return text
+
+
+def _joinable(store: Store, run_id: str | None, scenario: Scenario) -> None:
+    """A farm run's hosts must measure the same scenario file."""
+    run = store.run(run_id) if run_id else None
+    if run is not None and run.scenario_sha256 != scenario.sha256:
+        raise HarnessError(f"{scenario.path}: --run-id: run {run_id} measures {run.scenario_path} "
+                           f"(another scenario, or this one changed since)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if (args.scenario is None) == (args.resume is None):
         raise HarnessError("harness run: give a scenario file, or --resume RUN_ID (not both)")
+    if isinstance(args.db, Path):  # a PostgreSQL store is checked as it is opened
+        check_store(args.db)
+    if args.json is not None:
+        check_output(args.json, "--json")
     if args.resume:
         store = _existing_store(args.db)
         scenario, targets = resumable(store, args.resume)
         total = runner_processes(scenario, len(targets))
-        console.print(f"resuming {args.resume}: {total - len(store.completed(args.resume))} of {total} runner processes left")
+        keys = {target.info.key for target in targets}
+        left = total - len([done for done in store.completed(args.resume) if done[1] in keys])
+        console.print(f"resuming {args.resume}: {left} of {total} runner processes left "
+                      f"on {', '.join(sorted(keys))}")
     else:
         scenario = load_scenario(args.scenario)
+        check_output(args.report or Path("reports") / f"{scenario.name}.html", "--report")
         targets = resolve_targets(scenario, args.target)
         store = Store(args.db)
+        _joinable(store, args.run_id, scenario)
         console.print(plan_text(scenario, targets, store), markup=False, highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -184,9 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if args.resume:
             run_id = args.resume
-            resume_run(store, run_id, scenario, targets, on_step=step)
+            resume_run(store, run_id, scenario, targets, on_step=step, parallel=args.parallel)
         else:
-            run_id = run_scenario(scenario, targets, store, on_step=step)
+            run_id = run_scenario(scenario, targets, store, on_step=step, parallel=args.parallel, run_id=args.run_id)
     document = build_results(store, run_id)
     verdicts = evaluate(document)
     _print_summary(document, verdicts)
@@ -245,14 +285,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    store = Store(args.db) if args.db.is_file() else None
+    store = existing_store(args.db)
     if args.against:
         if len(args.runs) > 1:
             raise HarnessError("compare: with --against give at most one run (CURRENT, default: the latest)")
         current = _document(store, args.runs[0] if args.runs else None)
         record = store.run(current["run_id"]) if store else None
         if record is None:
-            raise HarnessError(f"{args.db}: --against last-good: run {current['run_id']} is not in this store")
+            raise HarnessError(f"{masked(args.db)}: --against last-good: run {current['run_id']} is not in this store")
         baseline = build_results(store, last_good(store, record).run_id)
     elif len(args.runs) == 2:
         baseline, current = (_document(store, ref) for ref in args.runs)
@@ -271,6 +311,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if isinstance(args.db, Path):  # a PostgreSQL store is checked as it is opened
+        check_store(args.db)
     scenario = load_scenario(args.scenario)
     targets = resolve_targets(scenario, args.target)
     store = Store(args.db)
@@ -289,7 +331,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
     series = history(store, args.scenario, tuple(args.metric) if args.metric else None)
     if not series:
-        raise HarnessError(f"{args.db}: scenario: no runs of {args.scenario!r}; "
+        raise HarnessError(f"{store.path}: scenario: no runs of {args.scenario!r}; "
                            f"stored: {', '.join(sorted({r.scenario for r in store.runs()})) or 'none'}")
     table = Table(Column("variant", overflow="fold"), "target", "metric",
                   title=f"{args.scenario}: {len(store.runs(args.scenario))} runs "
@@ -310,8 +352,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
     run = store.run(args.run_id)
     if run is None:
-        raise HarnessError(f"{args.db}: run_id: no run {args.run_id!r} in the store" if args.run_id
-                           else f"{args.db}: the store holds no runs")
+        raise HarnessError(f"{store.path}: run_id: no run {args.run_id!r} in the store" if args.run_id
+                           else f"{store.path}: the store holds no runs")
     out = args.out or Path("reports") / f"{run.run_id}{SUFFIX[args.format]}"
     export(store, run.run_id, args.format, out)
     console.print(f"{args.format}: {out}")
@@ -361,10 +403,11 @@ def _print_changes(baseline: dict, current: dict, changes: list[Change]) -> None
                           style="bold yellow", markup=False, highlight=False)
 
 
-def _existing_store(path: Path) -> Store:
-    if not path.is_file():
-        raise HarnessError(f"{path}: --db: no results store there; run a scenario first")
-    return Store(path)
+def _existing_store(location: Path | str) -> Store:
+    store = existing_store(location)
+    if store is None:
+        raise HarnessError(f"{masked(location)}: --db: no results store there; run a scenario first")
+    return store
 
 
 def _write_outputs(store: Store, document: dict, verdicts: list[Verdict], json_path: Path | None,
@@ -443,7 +486,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="hil-emulator-") as tmp:
         try:
-            server = AdbServer(args.device, args.root or Path(tmp), args.port, confined=not args.unconfined_shells)
+            server = AdbServer(args.device, args.root or Path(tmp), args.port, not args.unconfined_shells, args.name)
         except ConfinementError as exc:
             raise HarnessError(f"emulator serve: {exc}") from None
         for device in server.devices.values():

@@ -2,13 +2,18 @@
 
 The first item of a file runs the whole scenario (repetitions interleaved across its
 variants, stored like `harness run`); every item then checks its variant's status and
-budgets. A missed budget fails with the variant, the measured value and the limit.
+budgets. Under pytest-xdist (`-n auto`) items are grouped by target (`--dist loadgroup`,
+set for `-n`'s default `load`), so each device runs one thing at a time while devices run
+in different workers at once; each worker runs its targets' part into one run id that all
+workers share (give them one `--harness-db`: PostgreSQL, or an SQLite file on this host). A missed budget fails with the variant, the measured value and the limit.
 With `--harness-against last-good` (or a run id) every item also carries its compare
 verdicts as user properties (in `--junitxml`) and fails on a regression.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -21,16 +26,33 @@ from harness.output.format import fmt
 from harness.run.orchestrator import resolve_targets, run_scenario
 from harness.analysis.results import build_results
 from harness.spec.scenario import Scenario, Variant, load_scenario
-from harness.store import DEFAULT_DB, Store
+from harness.store import DEFAULT_DB, Store, store_location
 from harness.targets.base import Target, TargetInfo
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "hil-harness scenarios")
-    group.addoption("--harness-db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
+    group.addoption("--harness-db", type=store_location, default=DEFAULT_DB,
+                    help=f"results store: an SQLite file or a postgresql:// URL (default {DEFAULT_DB})")
     group.addoption("--harness-target", action="append", help="run scenarios on this target instead (repeatable)")
     group.addoption("--harness-against", metavar="RUN",
                     help="compare each scenario run with this run id, or 'last-good'; a regression fails its item")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "dist", "no") == "load":  # xdist's default for -n: group by device instead
+        config.option.dist = "loadgroup"
+    config.stash[SESSION] = (config.workerinput["harness_session"] if hasattr(config, "workerinput")
+                             else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist's controller gives every worker the session's id: their run ids are the same."""
+    node.workerinput["harness_session"] = node.config.stash[SESSION]
+
+
+SESSION = pytest.StashKey[str]()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -57,21 +79,29 @@ class ScenarioCollector(pytest.File):
     def collect(self):
         self.scenario = load_scenario(self.path)
         self.targets = resolve_targets(self.scenario, self.config.getoption("harness_target"))
+        self._ran: set[str] = set()
         for target in self.targets:
             for variant in self.scenario.variants:
-                yield VariantItem.from_parent(self, name=f"{variant.key}@{target.info.key}",
-                                              variant=variant, target_key=target.info.key)
+                item = VariantItem.from_parent(self, name=f"{variant.key}@{target.info.key}",
+                                               variant=variant, target_key=target.info.key)
+                item.add_marker(pytest.mark.xdist_group(target.info.key))
+                yield item
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, HarnessError):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
-    def results(self) -> tuple[dict, list[Verdict]]:
-        """Run the scenario once, on first use; the same results serve every item."""
-        if self._document is None:
+    def results(self, target_key: str) -> tuple[dict, list[Verdict]]:
+        """Run the scenario on first use: on every target, or in an xdist worker on this item's
+        target, into the run its other workers share; the results serve every item."""
+        worker = hasattr(self.config, "workerinput")
+        todo = [t for t in self.targets if t.info.key not in self._ran and (not worker or t.info.key == target_key)]
+        if todo:
             store = Store(self.config.getoption("harness_db"))
-            run_id = run_scenario(self.scenario, self.targets, store)
+            run_id = run_scenario(self.scenario, todo, store,
+                                  run_id=f"{self.config.stash[SESSION]}-{self.scenario.name}" if worker else None)
+            self._ran |= {t.info.key for t in todo}
             self._document = build_results(store, run_id)
             self._compare(store)
             store.close()
@@ -100,7 +130,7 @@ class VariantItem(pytest.Item):
         self.target_key = target_key
 
     def runtest(self) -> None:
-        document, verdicts = self.parent.results()
+        document, verdicts = self.parent.results(self.target_key)
         self.user_properties.append(("run_id", document["run_id"]))
         result = next(r for r in document["results"] if _keys(r) == (self.variant.key, self.target_key))
         if result["status"] != "ok":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -79,20 +80,22 @@ def load_peft(folder: str | pathlib.Path, config: ModelConfig) -> LoraAdapter:
     """A PEFT LoRA folder trained on the Hugging Face model, in the engine's layout."""
     folder = pathlib.Path(folder)
     settings = _read_settings(folder)
-    r, targets = settings["r"], settings["target_modules"]
-    found: dict[tuple[int, str], dict[str, Tensor]] = {}
-    for key, tensor in _read_tensors(folder).items():
-        layer, module, side = _parse_key(folder, key, config, targets)
-        found.setdefault((layer, module), {})[side] = tensor.float()
+    tensors = _read_tensors(folder)
+    pairs = _layout(folder, {key: tuple(t.shape) for key, t in tensors.items()}, settings, config)
     weights = {}
-    for (layer, module), pair in sorted(found.items()):
-        lora_a, lora_b = _check_pair(folder, f"layers.{layer}.{module}", pair, r, *linear_shapes(config)[module])
+    for (layer, module), keys in pairs.items():
+        lora_a, lora_b = tensors[keys["A"]].float(), tensors[keys["B"]].float()
         heads = rope_heads(config, module)
         lora_b = lora_b if heads is None else hf_to_gguf_rows(lora_b, heads)
         weights[f"layers.{layer}.{MODULES[module][1]}"] = (lora_a.T.contiguous(), lora_b.T.contiguous())
-    if not weights:
-        raise ValueError(f"LoRA folder {folder}: {WEIGHTS_FILE} holds no lora_A/lora_B tensors")
-    return LoraAdapter(weights, r, settings["lora_alpha"])
+    return LoraAdapter(weights, settings["r"], settings["lora_alpha"])
+
+
+def check_peft(folder: str | pathlib.Path, config: ModelConfig) -> None:
+    """ValueError if `load_peft` would refuse the folder for a model of `config`: its settings,
+    and its tensors' names and shapes from the safetensors header alone (no tensor is read)."""
+    folder = pathlib.Path(folder)
+    _layout(folder, _header_shapes(folder), _read_settings(folder), config)
 
 
 def save_peft(adapter: LoraAdapter, folder: str | pathlib.Path, config: ModelConfig,
@@ -125,12 +128,19 @@ def _read_settings(folder: pathlib.Path) -> dict:
     if not path.is_file():
         raise ValueError(f"LoRA folder {folder}: missing {CONFIG_FILE}")
     try:
-        settings = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"LoRA folder {folder}: {CONFIG_FILE} is not valid JSON ({err})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"LoRA folder {folder}: {CONFIG_FILE} is not a JSON object")
     missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in settings]
     if missing:
         raise ValueError(f"LoRA folder {folder}: {CONFIG_FILE} lacks {', '.join(missing)}")
+    r, alpha = settings["r"], settings["lora_alpha"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"LoRA folder {folder}: {CONFIG_FILE} r must be a whole number >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"LoRA folder {folder}: {CONFIG_FILE} lora_alpha must be a number, got {alpha!r}")
     if settings.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"LoRA folder {folder}: peft_type {settings['peft_type']!r} is not LORA")
     unsupported = [k for k in _UNSUPPORTED if settings.get(k)]
@@ -157,6 +167,32 @@ def _read_tensors(folder: pathlib.Path) -> dict[str, Tensor]:
         raise ValueError(f"LoRA folder {folder}: cannot read {WEIGHTS_FILE} ({err})") from None
 
 
+def _header_shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise ValueError(f"LoRA folder {folder}: missing {WEIGHTS_FILE}")
+    try:
+        with safe_open(path, framework="pt") as file:
+            return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"LoRA folder {folder}: cannot read {WEIGHTS_FILE} ({err})") from None
+
+
+def _layout(folder: pathlib.Path, shapes: dict[str, tuple[int, ...]], settings: dict,
+            config: ModelConfig) -> dict[tuple[int, str], dict[str, str]]:
+    """(layer, PEFT module) -> {"A": key, "B": key}, in order; every key and shape checked against `config`."""
+    found: dict[tuple[int, str], dict[str, str]] = {}
+    for key in shapes:
+        layer, module, side = _parse_key(folder, key, config, settings["target_modules"])
+        found.setdefault((layer, module), {})[side] = key
+    if not found:
+        raise ValueError(f"LoRA folder {folder}: {WEIGHTS_FILE} holds no lora_A/lora_B tensors")
+    for (layer, module), keys in sorted(found.items()):
+        _check_pair(folder, f"layers.{layer}.{module}", {side: shapes[key] for side, key in keys.items()},
+                    settings["r"], *linear_shapes(config)[module])
+    return dict(sorted(found.items()))
+
+
 def _parse_key(folder: pathlib.Path, key: str, config: ModelConfig, targets: list[str]) -> tuple[int, str, str]:
     match = _KEY.fullmatch(key)
     if match is None:
@@ -171,15 +207,14 @@ def _parse_key(folder: pathlib.Path, key: str, config: ModelConfig, targets: lis
     return layer, module, side
 
 
-def _check_pair(folder: pathlib.Path, name: str, pair: dict[str, Tensor], r: int, d_in: int,
-                d_out: int) -> tuple[Tensor, Tensor]:
-    for side in sorted({"A", "B"} - set(pair)):
+def _check_pair(folder: pathlib.Path, name: str, shapes: dict[str, tuple[int, ...]], r: int, d_in: int,
+                d_out: int) -> None:
+    for side in sorted({"A", "B"} - set(shapes)):
         raise ValueError(f"LoRA folder {folder}: {name} has no lora_{side} tensor")
     for side, want in (("A", (r, d_in)), ("B", (d_out, r))):
-        if tuple(pair[side].shape) != want:
-            raise ValueError(f"LoRA folder {folder}: {name} lora_{side} has shape {tuple(pair[side].shape)}, "
+        if shapes[side] != want:
+            raise ValueError(f"LoRA folder {folder}: {name} lora_{side} has shape {shapes[side]}, "
                              f"expected {want} (r={r})")
-    return pair["A"], pair["B"]
 
 
 @dataclass

@@ -10,6 +10,7 @@ repetition is recorded, so `resume_run` can complete only what is missing.
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -60,21 +61,25 @@ def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> li
     return targets
 
 
-def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None) -> str:
+def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None,
+                 parallel: bool = False, run_id: str | None = None) -> str:
+    """Run it on these targets; with `parallel`, devices at once (`_per_device`), repetitions
+    interleaved on each. Given `run_id`, a farm run: each host runs its own targets into it."""
     environment = host_environment()
     run_id = store.begin_run(
         scenario.name, str(scenario.path), scenario.sha256, scenario.path.read_text(encoding="utf-8"),
-        [p.model_dump() for p in scenario.prompts], __version__, environment["git_commit"], environment,
+        [p.model_dump() for p in scenario.prompts], __version__, environment["git_commit"], environment, run_id,
     )
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
-    _execute(scenario, targets, store, run_id, _BaselineOutputs(), test_knobs(environment), on_step)
+    _execute(scenario, targets, store, run_id, _BaselineOutputs(), test_knobs(environment), on_step, parallel=parallel)
     return run_id
 
 
 def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
-    """The scenario of a stored run (unchanged since) and its targets, reopened by their keys."""
+    """The scenario of a stored run (unchanged since) and those of its targets this host
+    reaches, reopened by their keys (a farm run's other hosts resume their own)."""
     run = store.run(run_id)
     if run is None:
         raise HarnessError(f"{store.path}: --resume: no run {run_id!r} in the store")
@@ -82,14 +87,23 @@ def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
     if scenario.sha256 != run.scenario_sha256:
         raise HarnessError(f"{run.scenario_path}: changed since run {run_id} (sha256 differs); "
                            "a resumed run must measure the same scenario")
-    keys = list(dict.fromkeys(r.target_key for r in store.results(run_id)))
-    return scenario, [t for key in keys for t in resolve_targets(scenario, [key]) if t.info.key == key]
+    hosts = {r.target_key: r.host for r in store.results(run_id)}
+    targets, unreachable = [], []
+    for key in hosts:
+        try:
+            targets += [t for t in resolve_targets(scenario, [key]) if t.info.key == key]
+        except HarnessError:
+            unreachable.append(f"{key} (ran on {hosts[key]})")
+    if not targets:
+        raise HarnessError(f"--resume: none of run {run_id}'s targets is reachable from here: {', '.join(unreachable)}")
+    return scenario, targets
 
 
 def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
-               on_step: Step = lambda _: None) -> None:
+               on_step: Step = lambda _: None, parallel: bool = False) -> None:
     """Run what a stored run is missing: every repetition that did not finish ok."""
-    records = store.results(run_id)
+    keys = {target.info.key for target in targets}
+    records = [r for r in store.results(run_id) if r.target_key in keys]
     done = store.completed(run_id)
     for record in records:
         for repetition in range(scenario.spec.workload.repetitions):
@@ -101,7 +115,7 @@ def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Targ
             if output["adapter"] is None:
                 baseline.tokens[(target.info.key, output["repetition"], output["prompt_id"])] = output["token_ids"]
     knobs = test_knobs(store.run(run_id).environment)  # a resumed run keeps its knobs
-    _execute(scenario, targets, store, run_id, baseline, knobs, on_step, done)
+    _execute(scenario, targets, store, run_id, baseline, knobs, on_step, done, parallel)
 
 
 def test_knobs(environment: dict) -> dict:
@@ -112,29 +126,60 @@ def test_knobs(environment: dict) -> dict:
 
 def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: str,
              baseline_outputs: _BaselineOutputs, knobs: dict, on_step: Step,
-             done: AbstractSet[tuple[str, str, int]] = frozenset()) -> None:
+             done: AbstractSet[tuple[str, str, int]] = frozenset(), parallel: bool = False) -> None:
     failed: set[tuple[str, str]] = set()
+
+    def measure(store: Store, target: Target, variant: Variant, repetition: int) -> None:
+        key = (variant.key, target.info.key)
+        if key in failed or (*key, repetition) in done:
+            return
+        try:
+            _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs, knobs).run(on_step)
+        except TargetError as exc:
+            failed.add(key)
+            store.end_repetition(run_id, *key, repetition, str(exc))
+            store.fail_result(run_id, *key, f"repetition {repetition}: {exc}")
+        else:
+            store.end_repetition(run_id, *key, repetition)
+
+    repetitions = range(scenario.spec.workload.repetitions)
     try:
-        for repetition in range(scenario.spec.workload.repetitions):
-            for target in targets:
-                for variant in scenario.variants:
-                    key = (variant.key, target.info.key)
-                    if key in failed or (*key, repetition) in done:
-                        continue
-                    measure = _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs,
-                                           knobs)
-                    try:
-                        measure.run(on_step)
-                    except TargetError as exc:
-                        failed.add(key)
-                        store.end_repetition(run_id, *key, repetition, str(exc))
-                        store.fail_result(run_id, *key, f"repetition {repetition}: {exc}")
-                    else:
-                        store.end_repetition(run_id, *key, repetition)
+        if parallel:
+            _per_device(targets, store, lambda own, target: [measure(own, target, variant, repetition)
+                                                             for repetition in repetitions
+                                                             for variant in scenario.variants])
+        else:
+            for repetition in repetitions:
+                for target in targets:
+                    for variant in scenario.variants:
+                        measure(store, target, variant, repetition)
     except BaseException:
         store.end_run(run_id, "interrupted")  # what was measured stays in the store
         raise
     store.end_run(run_id, "failed" if any(r.status != "ok" for r in store.results(run_id)) else "ok")
+
+
+def _per_device(targets: list[Target], store: Store, work: Callable[[Store, Target], object]) -> None:
+    """`work` on each target, devices at once, one thread and store connection each. The local
+    target goes first and alone: its runners time on this host's cores, which an emulated
+    phone's runners would share."""
+    local = [t for t in targets if t.info.kind == "local"]
+    for target in local:
+        work(store, target)
+    devices = [t for t in targets if t not in local]
+    if not devices:
+        return
+
+    def on_device(target: Target) -> None:
+        own = store.another()
+        try:
+            work(own, target)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(len(devices), thread_name_prefix="device") as pool:
+        for future in [pool.submit(on_device, target) for target in devices]:
+            future.result()
 
 
 class _BaselineOutputs:

@@ -36,7 +36,7 @@ def load_prompts(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise HarnessError(f"{path}: prompts file not found")
     prompts: list[Prompt] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -53,6 +53,16 @@ def load_prompts(path: Path) -> list[Prompt]:
     if duplicates:
         raise HarnessError(f"{path}: id: duplicate prompt ids {', '.join(duplicates)}")
     return prompts
+
+
+def read_text(path: Path) -> str:
+    """A file's UTF-8 text; HarnessError naming the file if it cannot be read or is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise HarnessError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

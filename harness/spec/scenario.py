@@ -28,7 +28,8 @@ from harness.measure.metrics import METRICS
 from harness.measure.scores import TASK_SCORES
 from harness.runtimes import problem, prompt_problem
 from harness.engine.gguf_file import MODELS
-from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
+from harness.spec import checks
+from harness.spec.prompts import Prompt, describe_validation_error, load_prompts, read_text
 from harness.spec.suite import load_suite, suite_file
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
@@ -287,7 +288,7 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"{path}: scenario file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -332,7 +333,23 @@ def load_scenario(path: str | Path) -> Scenario:
     if any(v.drafter == "forecast" for v in variants) and not scenario.forecast_file.is_file():
         raise HarnessError(f"{path}: forecast_dir: no forecast tokens for {spec.model} ({scenario.forecast_file} "
                            f"is missing; fixtures/train_forecast.py trains them)")
+    _check_inputs(scenario)
     return scenario
+
+
+def _check_inputs(scenario: Scenario) -> None:
+    """What a runner would refuse (harness/spec/checks.py), after the scenario's own rules; the
+    model's metadata last (it takes a second or two)."""
+    path, spec, variants, prompts = scenario.path, scenario.spec, scenario.variants, scenario.prompts
+    source = "workload.prompts" if spec.workload.prompts is not None else "workload.suite"
+    checks.check_command_values(path, variants, prompts, source)
+    settings = {runtime: scenario.runtime_settings(runtime) for runtime in ("llamacpp", "genie", "executorch")}
+    checks.check_native_files(path, variants, settings, spec.workload.suite is not None)
+    model = checks.read_model(path, spec.model)
+    checks.check_adapters(path, model, scenario.adapters_dir, variants)
+    if any(v.drafter == "forecast" for v in variants):
+        checks.check_forecast(path, model, scenario.forecast_file)
+    checks.check_context(path, model, variants, prompts, spec.workload.max_new_tokens, source)
 
 
 def _check_model(path: Path, model: str) -> None:
@@ -387,8 +404,12 @@ def _pick(path: Path, field: str, selector: VariantSelector, variants: list[Vari
 
 
 def check_runtimes(where: Path | str, field: str, targets: list[str], variants: list[Variant]) -> None:
-    """HarnessError unless every target runs every variant's runtime."""
+    """HarnessError unless every target is known and runs every variant's runtime."""
     for spec in targets:
+        try:
+            check_target_spec(spec)
+        except ValueError as exc:
+            raise HarnessError(f"{where}: {field}: {exc}") from None
         for variant in variants:
             if why := runtime_problem(spec, variant.runtime):
                 raise HarnessError(f"{where}: {field}: {why} (variant {variant.key})")

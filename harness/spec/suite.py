@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError
 from harness.errors import HarnessError
 from harness.measure.metrics import METRICS
 from harness.measure.scores import TASK_SCORES
-from harness.spec.prompts import Prompt, describe_validation_error
+from harness.spec.prompts import Prompt, describe_validation_error, read_text
 from harness.spec.variant import Strict
 
 _JINJA = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -66,21 +66,27 @@ def load_suite(folder: Path, instruct: bool, languages: list[str] | None = None,
     prompt ending with the task's answer cue); `languages`, `tasks`, `items_per_cell` select a
     slice (of the suite's own: the scenario checks that)."""
     suite = suite_file(folder)
-    task_files = {name: _task(folder / "tasks" / f"{name}.yaml", name) for name in suite.tasks}
+    paths = {name: folder / "tasks" / f"{name}.yaml" for name in suite.tasks}
+    task_files = {name: _task(path, name) for name, path in paths.items()}
     prompts = []
     for language in languages or list(suite.languages):
         items = _items(folder / "items" / f"{language}.jsonl", language, suite.tasks)
         for task in tasks or suite.tasks:
             cell = [item for item in items if item.task == task][:items_per_cell]
-            prompts += [_prompt(item, task_files[task], suite.languages[language], instruct) for item in cell]
+            prompts += [_prompt(item, task_files[task], suite.languages[language], instruct, paths[task])
+                        for item in cell]
     return prompts
 
 
-def _prompt(item: Item, task: TaskFile, language_name: str, instruct: bool) -> Prompt:
+def _prompt(item: Item, task: TaskFile, language_name: str, instruct: bool, path: Path) -> Prompt:
     fields = {**item.model_dump(), "language_name": language_name}
-    text = _JINJA.from_string(task.doc_to_text).render(fields)
-    if not instruct:
-        text += "\n\n" + _JINJA.from_string(task.answer_cue).render(fields)
+    try:
+        text = _JINJA.from_string(task.doc_to_text).render(fields)
+        if not instruct:
+            text += "\n\n" + _JINJA.from_string(task.answer_cue).render(fields)
+    except jinja2.TemplateError as exc:
+        raise HarnessError(f"{path}: doc_to_text: cannot render item {item.id!r}: {exc.message}; "
+                           f"fields: {', '.join(fields)}") from None
     return Prompt(id=item.id, prompt=text, kind=item.task, template="chat" if instruct else "raw",
                   reference=item.reference, language=item.language,
                   scores=tuple(entry.metric for entry in task.metric_list))
@@ -109,7 +115,7 @@ def _items(path: Path, language: str, tasks: list[str]) -> list[Item]:
     if not path.is_file():
         raise HarnessError(f"{path}: items file not found (suite.yaml lists language {language!r})")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -129,7 +135,7 @@ def _model(kind: type[Strict], path: Path) -> Strict:
     if not path.is_file():
         raise HarnessError(f"{path}: file not found")
     try:
-        return kind.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return kind.model_validate(yaml.safe_load(read_text(path)))
     except yaml.YAMLError as exc:
         raise HarnessError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     except ValidationError as exc:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, create_model
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, create_model
 
 PRECISIONS = ("fp32", "fp16", "int4")
 # ds2d: the reference engine's; lookahead, lookup: llama.cpp's draft-free self-speculation;
@@ -26,6 +26,9 @@ RUNTIMES = ("reference", "llamacpp", "genie", "executorch")  # what serves the v
 LORA_MODES = ("runtime", "merged")  # runtime: adapter bank as forward inputs; merged: weights merged per adapter
 PREFILLS = ("per_stream", "shared")  # multi-stream prompt mode: per stream (exact) or shared
 GRAPHS = ("eager", "compiled")  # the decode step run op by op, or compiled by torch.compile
+# a name that becomes part of a device path, a file name and a tool's command line (adapters)
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+AdapterName = Annotated[str, StringConstraints(pattern=SAFE_NAME)]
 
 
 def _axis(default: object, allowed: tuple | type) -> Any:
@@ -44,7 +47,7 @@ class Variant:
     precision: str = _axis("fp32", PRECISIONS)
     streams: int = _axis(1, PositiveInt)
     decoding: str = _axis("greedy", DECODINGS)
-    adapters: tuple[str, ...] = _axis((), list[str])
+    adapters: tuple[str, ...] = _axis((), list[AdapterName])
     lora_mode: str = _axis("runtime", LORA_MODES)
     prefill: str = _axis("per_stream", PREFILLS)
     graph: str = _axis("eager", GRAPHS)  # compiled: local and adb targets

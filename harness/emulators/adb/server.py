@@ -31,18 +31,20 @@ class _Dropped(Exception):
 
 
 class AdbServer:
-    def __init__(self, profiles: list[str], root: Path, port: int = 0, confined: bool = True) -> None:
-        """Unconfined shells run as this user on this host's files: only for a host without user
-        namespaces, when its user says so (`emulator serve --unconfined-shells`)."""
+    def __init__(self, profiles: list[str], root: Path, port: int = 0, confined: bool = True,
+                 name: str = "emu") -> None:
+        """Serials are `NAME-PROFILE` (a farm's emulator servers each take their own name, as
+        phones have their own serials). Unconfined shells run as this user on this host's files:
+        only for a host without user namespaces, when its user says so (`--unconfined-shells`)."""
         if confined and (why := unavailable()):
             raise ConfinementError(f"device shells cannot be confined on this host: {why}; "
                                    "--unconfined-shells runs them as this user on this host's files")
         self.devices: dict[str, EmulatedDevice] = {}
-        for index, name in enumerate(profiles, start=1):
-            if name not in PROFILES:
-                raise ValueError(f"unknown device {name!r}; allowed: {', '.join(PROFILES)}")
-            serial = f"emu-{name}" + ("" if profiles.count(name) == 1 else f"-{profiles[:index].count(name)}")
-            self.devices[serial] = EmulatedDevice(PROFILES[name], serial, root / serial, index, confined)
+        for index, profile in enumerate(profiles, start=1):
+            if profile not in PROFILES:
+                raise ValueError(f"unknown device {profile!r}; allowed: {', '.join(PROFILES)}")
+            serial = f"{name}-{profile}" + ("" if profiles.count(profile) == 1 else f"-{profiles[:index].count(profile)}")
+            self.devices[serial] = EmulatedDevice(PROFILES[profile], serial, root / serial, index, confined)
         self._socket = socket.create_server(("127.0.0.1", port))  # loopback only
         self.port = self._socket.getsockname()[1]
         self._thread: threading.Thread | None = None
