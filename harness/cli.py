@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets = resolve_targets(scenario, args.target)
         store = Store(args.db)
         _joinable(store, args.run_id, scenario)
-        console.print(plan_text(scenario, targets, store), markup=False, highlight=False, soft_wrap=True)
+        console.print(plan_text(scenario, targets, store, args.parallel), markup=False, highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task(scenario.name, total=None if args.resume else total_steps(scenario, len(targets)))
@@ -234,9 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_exit_code(document, verdicts)
 
 
-def plan_text(scenario: Scenario, targets: list[Target], store: Store) -> str:
+def plan_text(scenario: Scenario, targets: list[Target], store: Store, parallel: bool = False) -> str:
     """What `harness run` is about to do, said before the first runner starts, with a time
-    estimate from the store's earlier runs of the scenario when it has any."""
+    estimate from the store's earlier runs of the scenario when it has any (in parallel, the
+    local target's processes and then one device's)."""
     workload = scenario.spec.workload
     processes = runner_processes(scenario, len(targets))
     text = (f"{scenario.name}: {len(scenario.variants)} variants x {len(targets)} target(s) "
@@ -247,7 +248,11 @@ def plan_text(scenario: Scenario, targets: list[Target], store: Store) -> str:
     if estimate is None:
         return text + f"; no earlier run of {scenario.name} in {store.path} to estimate the time from"
     seconds, runs = estimate
-    return text + f"; about {fmt(seconds * processes / 60)} min (from {runs} earlier run(s) in {store.path})"
+    in_sequence = processes
+    if parallel:
+        local = sum(t.info.kind == "local" for t in targets)
+        in_sequence = runner_processes(scenario, local + (local < len(targets)))
+    return text + f"; about {fmt(seconds * in_sequence / 60)} min (from {runs} earlier run(s) in {store.path})"
 
 
 def run_exit_code(document: dict, verdicts: list[Verdict]) -> int:
