@@ -11,10 +11,13 @@ import pytest
 import yaml
 
 from conftest import REPO, harness
+from harness.emulators.adb.control import inject
 from harness.run import native
 from harness.run.protocol import Counters, Job, Request
 from harness.spec.scenario import load_scenario
 from harness.spec.variant import Variant
+from harness.targets.base import TargetError
+from harness.targets.registry import open_targets
 
 pytestmark = pytest.mark.usefixtures("no_real_adb_server")
 
@@ -243,3 +246,20 @@ def test_llamacpp_on_a_real_phone_needs_its_device_build() -> None:
               prompts=[{"id": "a", "prompt": "One", "template": "raw"}], max_new_tokens=4, warmup=0)
     with pytest.raises(native.ToolFailed, match="needs the scenario's llamacpp.device_bin"):
         native.plan(job, native.Place(host_build=False, root="/data/local/tmp/hil-harness", soc="SM8650"))
+
+
+@pytest.mark.parametrize("fault, error", [
+    ("hang:exec time -v", r"^runtime 'llamacpp' timed out after 20 s \(killed on the device\)$"),
+    ("oom:64M", r"^llama-completion exited with code 137; its last stderr lines:"),
+], ids=["hangs", "killed-for-memory"])
+def test_a_native_tool_that_hangs_or_is_killed_for_memory_is_a_clear_error(server, fault: str, error: str) -> None:
+    (phone,) = open_targets("adb:emu-galaxy-s25")
+    job = Job(model="smollm2-135m-instruct", variant=Variant(runtime="llamacpp").as_dict(),
+              prompts=[{"id": "a", "prompt": "What is the capital of France?", "template": "raw"}],
+              max_new_tokens=4, warmup=0)
+    inject(server.port, "emu-galaxy-s25", fault)
+    try:
+        with pytest.raises(TargetError, match=error):
+            list(phone.run(job, timeout_s=20))
+    finally:
+        inject(server.port, "emu-galaxy-s25", "clear")

@@ -211,10 +211,12 @@ class EmulatedDevice:
             self.namespaces.close()
 
     def _oom_watch(self, process: subprocess.Popen, limit: float) -> None:
-        """What the low-memory killer does: SIGKILL once the resident set passes the limit."""
+        """What the low-memory killer does: SIGKILL once a process of the command (the runner, or
+        a native tool under `time -v`) has a resident set past the limit."""
         while process.poll() is None:
             try:
-                rss = rss_bytes(self._groups.get(process.pid, process.pid))
+                leader = psutil.Process(self._groups.get(process.pid, process.pid))
+                rss = max(_rss(p) for p in [leader, *leader.children(recursive=True)])
             except psutil.Error:
                 return
             if rss > limit:
@@ -252,6 +254,13 @@ class EmulatedDevice:
                 self.set_battery("usb")
             else:
                 raise FaultError(f"unknown fault {spec!r}; allowed: {', '.join(FAULTS)}")
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return rss_bytes(process.pid)
+    except psutil.Error:  # ended between the listing and the reading
+        return 0
 
 
 FAULTS = {
