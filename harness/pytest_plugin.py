@@ -35,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-db", type=store_location, default=DEFAULT_DB,
                     help=f"results store: an SQLite file or a postgresql:// URL (default {DEFAULT_DB})")
     group.addoption("--harness-target", action="append", help="run scenarios on this target instead (repeatable)")
+    group.addoption("--harness-run-id", metavar="ID",
+                    help="a farm run: every host's session runs into the run ID-<scenario name> (default: "
+                         "this session's own id)")
     group.addoption("--harness-against", metavar="RUN",
                     help="compare each scenario run with this run id, or 'last-good'; a regression fails its item")
 
@@ -43,7 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "dist", "no") == "load":  # xdist's default for -n: group by device instead
         config.option.dist = "loadgroup"
     config.stash[SESSION] = (config.workerinput["harness_session"] if hasattr(config, "workerinput")
-                             else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+                             else config.getoption("harness_run_id")
+                             or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -96,11 +100,12 @@ class ScenarioCollector(pytest.File):
         """Run the scenario on first use: on every target, or in an xdist worker on this item's
         target, into the run its other workers share; the results serve every item."""
         worker = hasattr(self.config, "workerinput")
+        shared = worker or self.config.getoption("harness_run_id")
         todo = [t for t in self.targets if t.info.key not in self._ran and (not worker or t.info.key == target_key)]
         if todo:
             store = Store(self.config.getoption("harness_db"))
             run_id = run_scenario(self.scenario, todo, store,
-                                  run_id=f"{self.config.stash[SESSION]}-{self.scenario.name}" if worker else None)
+                                  run_id=f"{self.config.stash[SESSION]}-{self.scenario.name}" if shared else None)
             self._ran |= {t.info.key for t in todo}
             self._document = build_results(store, run_id)
             self._compare(store)

@@ -1,6 +1,7 @@
 """A device farm (issue 16): two hosts, each with its own adb server and two phones, run one
-farm run into one PostgreSQL store, devices at once; one host is killed mid-run and resumes.
-The stored run equals, in content, the same scenario run sequentially into SQLite."""
+farm run into one PostgreSQL store with pytest-xdist (a worker per phone); one worker is
+killed mid-run and `harness run --resume` completes the run. The stored run equals, in
+content, the same scenario run sequentially into SQLite."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from collections import Counter
 
+import psutil
 import pytest
 
 from conftest import REPO, write_scenario
@@ -34,19 +36,23 @@ def farm(tmp_path_factory: pytest.TempPathFactory, no_real_adb_server):
         server.close()
 
 
-def _harness(host: str, server: AdbServer, *args: str) -> subprocess.Popen:
+def _on(host: str, server: AdbServer, *argv: str) -> subprocess.Popen:
     env = {**os.environ, "HARNESS_HOST": host, "ANDROID_ADB_SERVER_PORT": str(server.port)}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _targets(host: str) -> list[str]:
-    return [arg for phone in PHONES for arg in ("--target", f"adb:{host}-{phone}")]
+def _harness(host: str, server: AdbServer, *args: str) -> subprocess.Popen:
+    return _on(host, server, "harness.cli", *args)
+
+
+def _targets(host: str, option: str = "--target") -> list[str]:
+    return [arg for phone in PHONES for arg in (option, f"adb:{host}-{phone}")]
 
 
 def _finished(process: subprocess.Popen) -> tuple[int, str]:
-    _, err = process.communicate(timeout=900)
-    return process.returncode, err
+    out, err = process.communicate(timeout=900)
+    return process.returncode, out + err
 
 
 def _content(store: Store, run_id: str) -> dict:
@@ -58,32 +64,35 @@ def _content(store: Store, run_id: str) -> dict:
             "samples": counts, "completed": sorted(store.completed(run_id))}
 
 
-def test_two_hosts_run_one_farm_run_into_postgres_and_a_killed_host_resumes(farm, tmp_path, postgres_url) -> None:
-    scenario = write_scenario(tmp_path, workload={"prompts": "prompts.jsonl", "max_new_tokens": 4,
-                                                  "repetitions": 2, "warmup": 0})
+def test_two_hosts_run_one_farm_run_on_xdist_into_postgres_and_a_killed_worker_is_resumed(
+        farm, tmp_path, postgres_url) -> None:
+    scenario = write_scenario(tmp_path / "scenarios", workload={"prompts": "prompts.jsonl", "max_new_tokens": 4,
+                                                                "repetitions": 2, "warmup": 0})
     sqlite = tmp_path / "sequential.sqlite"
     for host in HOSTS:  # the reference: the same farm run, one device after another
-        code, err = _finished(_harness(host, farm[host], "run", str(scenario), *_targets(host), "--db", str(sqlite),
+        code, out = _finished(_harness(host, farm[host], "run", str(scenario), *_targets(host), "--db", str(sqlite),
                                        "--run-id", "farm-sequential"))
-        assert code == 0, err
+        assert code == 0, out[-3000:]
 
-    run_id = "farm-parallel"
-    hosts = {host: _harness(host, farm[host], "run", str(scenario), *_targets(host), "--db", postgres_url,
-                            "--run-id", run_id, "--parallel") for host in HOSTS}
+    run_id = "farm-tiny"  # --harness-run-id farm, scenario tiny
+    hosts = {host: _on(host, farm[host], "pytest", str(scenario.parent), "-n", "2", "-p", "no:cacheprovider",
+                       "--harness-db", postgres_url, "--harness-run-id", "farm", *_targets(host, "--harness-target"))
+             for host in HOSTS}
     store = Store(postgres_url)
     deadline = time.monotonic() + 600
     while not [c for c in store.completed(run_id) if c[1].startswith("adb:host-b")]:
-        assert hosts["host-b"].poll() is None and time.monotonic() < deadline, hosts["host-b"].stderr.read()
+        assert hosts["host-b"].poll() is None and time.monotonic() < deadline, _finished(hosts["host-b"])[1]
         time.sleep(0.2)
-    hosts["host-b"].send_signal(signal.SIGKILL)  # host b dies once it finished a repetition
-    hosts["host-b"].wait()
-    assert _finished(hosts["host-a"])[0] == 0
-    left = Counter(c[1] for c in store.completed(run_id))
-    assert left["adb:host-b-galaxy-s24"] + left["adb:host-b-galaxy-s25"] < 2 * 2 * 2  # host b's part is unfinished
+    worker = psutil.Process(hosts["host-b"].pid).children()[0]  # an xdist worker of host b, mid-run
+    worker.send_signal(signal.SIGKILL)
+    code, out = _finished(hosts["host-a"])
+    assert code == 0, out[-3000:]
+    code, out = _finished(hosts["host-b"])
+    assert code != 0 and "crashed" in out  # the killed worker's item fails; xdist replaced the worker
 
-    code, err = _finished(_harness("host-b", farm["host-b"], "run", "--resume", run_id, "--db", postgres_url,
+    code, out = _finished(_harness("host-b", farm["host-b"], "run", "--resume", run_id, "--db", postgres_url,
                                    "--parallel"))
-    assert code == 0, err
-    assert "left on adb:host-b-galaxy-s24, adb:host-b-galaxy-s25" in err  # host a's phones are host a's
+    assert code == 0, out[-3000:]
+    assert "left on adb:host-b-galaxy-s24, adb:host-b-galaxy-s25" in out  # host a's phones are host a's
     assert _content(store, run_id) == _content(Store(sqlite), "farm-sequential")
     assert {r.host for r in store.results(run_id)} == set(HOSTS)

@@ -64,7 +64,8 @@ def resolve_targets(scenario: Scenario, override: list[str] | None = None) -> li
 def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_step: Step = lambda _: None,
                  parallel: bool = False, run_id: str | None = None) -> str:
     """Run it on these targets; with `parallel`, devices at once (`_per_device`), repetitions
-    interleaved on each. Given `run_id`, a farm run: each host runs its own targets into it."""
+    interleaved on each. Given `run_id`, a farm run: each host (or xdist worker) runs its own
+    targets into it, and joining it again runs only what is not finished yet, as a resume."""
     environment = host_environment()
     run_id = store.begin_run(
         scenario.name, str(scenario.path), scenario.sha256, scenario.path.read_text(encoding="utf-8"),
@@ -73,7 +74,7 @@ def run_scenario(scenario: Scenario, targets: list[Target], store: Store, on_ste
     for target in targets:
         for variant in scenario.variants:
             store.add_result(run_id, variant.key, target.info.key, variant.as_dict(), target.info.as_dict())
-    _execute(scenario, targets, store, run_id, _BaselineOutputs(), test_knobs(environment), on_step, parallel=parallel)
+    resume_run(store, run_id, scenario, targets, on_step, parallel)
     return run_id
 
 
