@@ -275,6 +275,8 @@ CASES = [
     Case("scenario-a-folder", "scenario", cli(lambda t: ["run", str(t)], lambda t: t, "scenario file not found")),
     Case("adapter-name-with-shell-characters", "scenario",
          scenario("variants.adapters.0.0", variants={"adapters": [["formal; id"]]})),
+    Case("aihub-target-with-a-ds2d-variant", "scenario",
+         scenario("targets", variants={"decoding": ["greedy", "ds2d"]}, targets=["aihub:Samsung Galaxy S24"])),
     Case("adapter-name-leaving-the-folder", "scenario",
          scenario("variants.adapters.0.0", variants={"adapters": [["../formal"]]})),
     Case("max-new-tokens-beyond-context", "scenario", scenario(

@@ -33,7 +33,7 @@ from harness.spec.prompts import Prompt, describe_validation_error, load_prompts
 from harness.spec.suite import load_suite, suite_file
 from harness.spec.variant import Strict, Variant, VariantMatrix, VariantSelector
 from harness.targets.aihub import AiHubSettings
-from harness.targets.registry import check_target_spec, runtime_problem
+from harness.targets.registry import check_target_spec, runtime_problem, variant_problem
 
 
 class Workload(Strict):
@@ -411,7 +411,7 @@ def check_runtimes(where: Path | str, field: str, targets: list[str], variants: 
         except ValueError as exc:
             raise HarnessError(f"{where}: {field}: {exc}") from None
         for variant in variants:
-            if why := runtime_problem(spec, variant.runtime):
+            if why := runtime_problem(spec, variant.runtime) or variant_problem(spec, variant.as_dict()):
                 raise HarnessError(f"{where}: {field}: {why} (variant {variant.key})")
 
 

@@ -45,6 +45,20 @@ class AiHubSettings(BaseModel):
     prefill_chunk: PositiveInt = 128  # prompt tokens per prefill graph call (Qualcomm's AR-128)
 
 
+SUPPORTED = {"streams": 1, "decoding": "greedy", "lora_mode": "runtime", "graph": "eager"}
+
+
+def unsupported(variant: dict) -> str | None:
+    """Why AI Hub cannot run the variant, or None: it compiles the eager engine's exported
+    graphs itself (checked when a scenario loads, and again here)."""
+    wrong = {k: variant[k] for k, v in SUPPORTED.items() if variant[k] != v}
+    if not wrong:
+        return None
+    return ("the aihub target runs one-stream greedy variants with runtime LoRA, exported from the eager engine "
+            f"({', '.join(f'{k} {v}' for k, v in SUPPORTED.items())}); this variant has "
+            f"{', '.join(f'{k} {v}' for k, v in wrong.items())}")
+
+
 class AiHubTarget:
     def __init__(self, device: str, settings: AiHubSettings) -> None:
         self.device_name, self.settings = device, settings
@@ -68,12 +82,8 @@ class AiHubTarget:
     def run(self, job: Job, timeout_s: float) -> Iterator[protocol.Event]:
         if self.problem:
             raise TargetError(self.problem)
-        variant = job.variant
-        supported = {"streams": 1, "decoding": "greedy", "lora_mode": "runtime", "graph": "eager"}
-        if any(variant[k] != v for k, v in supported.items()):  # AI Hub compiles the exported graphs itself
-            raise TargetError("the aihub target runs one-stream greedy variants with runtime LoRA, exported "
-                              f"from the eager engine (streams 1, decoding greedy, lora_mode runtime, graph eager); "
-                              f"got {variant}")
+        if why := unsupported(job.variant):
+            raise TargetError(why)
         deadline = time.monotonic() + timeout_s
         session = _Session(self, job, deadline)
         try:

@@ -11,6 +11,7 @@ from typing import Callable
 
 from harness.spec import variant
 from harness.targets.adb.target import open_adb_targets
+from harness.targets import aihub
 from harness.targets.aihub import AiHubSettings, AiHubTarget
 from harness.targets.base import Target
 from harness.targets.local import LocalTarget
@@ -45,6 +46,11 @@ def runtime_problem(spec: str, runtime: str) -> str | None:
         return None
     where = [k for k, runtimes in RUNTIMES.items() if runtime in runtimes]
     return f"target {spec!r} cannot run runtime {runtime!r}; it runs on: {', '.join(where)}"
+
+
+def variant_problem(spec: str, variant: dict) -> str | None:
+    """Why target `spec` cannot run this variant (beyond its runtime), or None."""
+    return aihub.unsupported(variant) if spec.partition(":")[0] == "aihub" else None
 
 
 def check_target_spec(spec: str) -> None:
