@@ -25,9 +25,6 @@ SEED, REPETITIONS, ROUNDS = 2026, 25, 12
 # until the next one replaces it).
 FAULTS = ("drop-run", "oom:64M", "hang")
 SOAK_S = 600  # the soak's bound in time; faults during its first half
-# Needs the baseline's teacher data, kept in memory only: a repetition resumed without its
-# baseline repetition has none (README, "Faults lose nothing").
-NOT_RESUMABLE = {"kld_vs_baseline"}
 
 
 class Counted(AdbServer):
@@ -103,8 +100,7 @@ def test_the_soak_ends_complete_with_every_sample_stored_once(soak) -> None:
     assert soak["runners"] >= 100 and soak["injected"]
     for (variant, target, metric), samples in store.run_samples(soak["run_id"]).items():
         per_repetition = Counter(s.repetition for s in samples)
-        if metric not in NOT_RESUMABLE:
-            assert sorted(per_repetition) == list(range(REPETITIONS)), (variant, target, metric)
+        assert sorted(per_repetition) == list(range(REPETITIONS)), (variant, target, metric)
         assert len(set(per_repetition.values())) == 1, (variant, target, metric, per_repetition)  # none twice
 
 

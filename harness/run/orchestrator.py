@@ -102,12 +102,19 @@ def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
 
 def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
                on_step: Step = lambda _: None, parallel: bool = False) -> None:
-    """Run what a stored run is missing: every repetition that did not finish ok."""
+    """Run what a stored run is missing: every repetition that did not finish ok, and the
+    teachers' (baseline's) repetition beside one, since the others are scored against its
+    teacher data, which lives in memory only."""
     keys = {target.info.key for target in targets}
     records = [r for r in store.results(run_id) if r.target_key in keys]
+    repetitions = range(scenario.spec.workload.repetitions)
     done = store.completed(run_id)
+    teachers = {v.key for v in scenario.teachers}
+    missing = {(r.target_key, repetition) for r in records for repetition in repetitions
+               if r.variant_key not in teachers and (r.variant_key, r.target_key, repetition) not in done}
+    done = {d for d in done if d[0] not in teachers or (d[1], d[2]) not in missing}
     for record in records:
-        for repetition in range(scenario.spec.workload.repetitions):
+        for repetition in repetitions:
             if (record.variant_key, record.target_key, repetition) not in done:
                 store.reopen(run_id, record.variant_key, record.target_key, repetition)
     baseline = _BaselineOutputs()
