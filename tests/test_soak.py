@@ -25,6 +25,9 @@ SEED, REPETITIONS, ROUNDS = 2026, 25, 12
 # until the next one replaces it).
 FAULTS = ("drop-run", "oom:64M", "hang")
 SOAK_S = 600  # the soak's bound in time; faults during its first half
+# Measured against the baseline's output of the same repetition: a repetition that ran while
+# its baseline's had failed on that phone has none (README, "Faults lose nothing").
+AGAINST_BASELINE = {"agreement_with_baseline", "kld_vs_baseline"}
 
 
 class Counted(AdbServer):
@@ -100,7 +103,8 @@ def test_the_soak_ends_complete_with_every_sample_stored_once(soak) -> None:
     assert soak["runners"] >= 100 and soak["injected"]
     for (variant, target, metric), samples in store.run_samples(soak["run_id"]).items():
         per_repetition = Counter(s.repetition for s in samples)
-        assert sorted(per_repetition) == list(range(REPETITIONS)), (variant, target, metric)
+        if metric not in AGAINST_BASELINE:
+            assert sorted(per_repetition) == list(range(REPETITIONS)), (variant, target, metric)
         assert len(set(per_repetition.values())) == 1, (variant, target, metric, per_repetition)  # none twice
 
 
