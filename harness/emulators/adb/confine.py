@@ -75,7 +75,6 @@ class DeviceNamespaces:
     """The namespaces of one emulated phone, and shells started inside them."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
         self._mounts = _mounts(root, python_environment())
         self._holder, init = _start(
             ["--unshare-user", "--uid", str(SHELL_UID), "--gid", str(SHELL_UID), "--unshare-pid", *_system(),

@@ -157,10 +157,11 @@ class EmulatedDevice:
     def spawn(self, command: str, merged: bool) -> subprocess.Popen:
         """`sh -c command` on the device, in its own process group; stdout (and stderr) piped."""
         self.refresh_cpufreq()
+        home = "/data/local/tmp" if self.namespaces else str(self.root / "data/local/tmp")
         env = {
             "PATH": f"{self.root}/system/bin:{Path(sys.executable).parent}:/usr/bin:/bin",
-            "HOME": "/data/local/tmp" if self.namespaces else str(self.root / "data/local/tmp"),
-            "TMPDIR": "/data/local/tmp" if self.namespaces else str(self.root / "data/local/tmp"),
+            "HOME": home,
+            "TMPDIR": home,
             "LANG": "C.UTF-8",
             **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")},
         }
