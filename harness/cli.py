@@ -33,7 +33,7 @@ from harness.output.exports import FORMATS, SUFFIX, export
 from harness.output.format import fmt
 from harness.analysis.history import history, seconds_per_process
 from harness.measure.metrics import METRICS
-from harness.run.orchestrator import (resolve_targets, resumable, resume_run, run_scenario, runner_processes,
+from harness.run.orchestrator import (kept, resolve_targets, resumable, resume_run, run_scenario, runner_processes,
                                      steps_per_process, total_steps)
 from harness.output.report import write_html
 from harness.output.report.html import TREND_METRICS
@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario, targets = resumable(store, args.resume)
         total = runner_processes(scenario, len(targets))
         keys = {target.info.key for target in targets}
-        left = total - len([done for done in store.completed(args.resume) if done[1] in keys])
+        left = total - len(kept(store, args.resume, scenario, targets))
         console.print(f"resuming {args.resume}: {left} of {total} runner processes left "
                       f"on {', '.join(sorted(keys))}")
     else:

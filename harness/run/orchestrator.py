@@ -102,17 +102,11 @@ def resumable(store: Store, run_id: str) -> tuple[Scenario, list[Target]]:
 
 def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Target],
                on_step: Step = lambda _: None, parallel: bool = False) -> None:
-    """Run what a stored run is missing: every repetition that did not finish ok, and the
-    teachers' (baseline's) repetition beside one, since the others are scored against its
-    teacher data, which lives in memory only."""
+    """Run what a stored run is missing (`kept` says what stays as it is)."""
     keys = {target.info.key for target in targets}
     records = [r for r in store.results(run_id) if r.target_key in keys]
     repetitions = range(scenario.spec.workload.repetitions)
-    done = store.completed(run_id)
-    teachers = {v.key for v in scenario.teachers}
-    missing = {(r.target_key, repetition) for r in records for repetition in repetitions
-               if r.variant_key not in teachers and (r.variant_key, r.target_key, repetition) not in done}
-    done = {d for d in done if d[0] not in teachers or (d[1], d[2]) not in missing}
+    done = kept(store, run_id, scenario, targets)
     for record in records:
         for repetition in repetitions:
             if (record.variant_key, record.target_key, repetition) not in done:
@@ -126,6 +120,19 @@ def resume_run(store: Store, run_id: str, scenario: Scenario, targets: list[Targ
     _execute(scenario, targets, store, run_id, baseline, knobs, on_step, done, parallel)
 
 
+def kept(store: Store, run_id: str, scenario: Scenario, targets: list[Target]) -> set[tuple[str, str, int]]:
+    """The repetitions on these targets a resume keeps: those that finished ok, but for the
+    teachers' (baseline's) repetition beside one that did not, since the others are scored
+    against its teacher data, which lives in memory only."""
+    keys = {target.info.key for target in targets}
+    done = {d for d in store.completed(run_id) if d[1] in keys}
+    teachers = {v.key for v in scenario.teachers}
+    missing = {(r.target_key, repetition) for r in store.results(run_id) if r.target_key in keys
+               for repetition in range(scenario.spec.workload.repetitions)
+               if r.variant_key != scenario.baseline.key and (r.variant_key, r.target_key, repetition) not in done}
+    return {d for d in done if d[0] not in teachers or (d[1], d[2]) not in missing}
+
+
 def test_knobs(environment: dict) -> dict:
     """The test knobs a run was started with (harness.measure.environment), as Job fields."""
     return {"delay_ms_per_token": environment.get("test_delay_ms_per_token", 0.0),
@@ -136,11 +143,13 @@ def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: st
              baseline_outputs: _BaselineOutputs, knobs: dict, on_step: Step,
              done: AbstractSet[tuple[str, str, int]] = frozenset(), parallel: bool = False) -> None:
     failed: set[tuple[str, str]] = set()
+    finished: set[tuple[str, str, int]] = set()  # ok in this call: their teacher data is in memory
 
     def measure(store: Store, target: Target, variant: Variant, repetition: int) -> None:
         key = (variant.key, target.info.key)
         if key in failed or (*key, repetition) in done:
             return
+        lacking = [t.key for t in _teachers_of(scenario, variant) if (t.key, *key[1:], repetition) not in finished]
         try:
             _Measurement(scenario, store, run_id, target, variant, repetition, baseline_outputs, knobs).run(on_step)
         except TargetError as exc:
@@ -148,7 +157,14 @@ def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: st
             store.end_repetition(run_id, *key, repetition, str(exc))
             store.fail_result(run_id, *key, f"repetition {repetition}: {exc}")
         else:
-            store.end_repetition(run_id, *key, repetition)
+            if lacking:  # its samples stay; it is not finished, so a resume measures it again beside them
+                error = (f"measured without the counters scored against {', '.join(lacking)}, whose repetition did"
+                         " not finish on this target; --resume measures them together")
+                store.end_repetition(run_id, *key, repetition, error)
+                store.fail_result(run_id, *key, f"repetition {repetition}: {error}")
+            else:
+                finished.add((*key, repetition))
+                store.end_repetition(run_id, *key, repetition)
 
     repetitions = range(scenario.spec.workload.repetitions)
     try:
@@ -165,6 +181,12 @@ def _execute(scenario: Scenario, targets: list[Target], store: Store, run_id: st
         store.end_run(run_id, "interrupted")  # what was measured stays in the store
         raise
     store.end_run(run_id, "failed" if any(r.status != "ok" for r in store.results(run_id)) else "ok")
+
+
+def _teachers_of(scenario: Scenario, variant: Variant) -> list[Variant]:
+    """The teachers whose same repetition `variant` is scored against: the baseline, and the
+    adapter baseline for adapter variants (`Scenario.against`)."""
+    return [t for t in dict.fromkeys((scenario.baseline, scenario.against(variant))) if t != variant]
 
 
 def _per_device(targets: list[Target], store: Store, work: Callable[[Store, Target], object]) -> None:
